@@ -1,0 +1,51 @@
+"""Request-level failures shared by every transport (the engine's own live in engine/errors.py).
+
+Each class is one failure; each transport maps it to a status in one table
+(rest/errors.py, grpc/errors.py).
+"""
+from __future__ import annotations
+
+from .engine.errors import EngineError, InvalidInput, ModelNotFound
+
+
+class MalformedBody(InvalidInput):
+    """The body is not JSON, or a field has the wrong JSON type."""
+
+
+class ValidationFailed(InvalidInput):
+    """A required field is missing or empty (Elasticsearch's request validation)."""
+
+
+class IllegalArgument(InvalidInput):
+    """A parameter's value is not allowed (a bad ?timeout=, an unknown encoding, ...)."""
+
+
+class UnknownTaskType(InvalidInput):
+    """A task type that is not a known or compatible one for the endpoint."""
+
+
+class EndpointNotFound(ModelNotFound):
+    def __init__(self, name: str, known: list[str] | None = None) -> None:
+        super().__init__(name, known)
+        self.message = f"Inference endpoint not found [{name}]"
+        self.args = (self.message,)
+
+
+class EndpointExists(InvalidInput):
+    """PUT of an inference id that already exists."""
+
+
+class PayloadTooLarge(EngineError):
+    """The request body is over the configured limit."""
+
+
+class Unauthenticated(EngineError):
+    """Missing or wrong credentials."""
+
+
+class NoRoute(EngineError):
+    """No handler for this path (or not for this method)."""
+
+    def __init__(self, message: str, *, status: int = 404) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,1 @@
+"""Transport-free core: tokenize -> schedule -> run ONNX Runtime -> pool -> normalize -> encode."""

@@ -1,0 +1,55 @@
+"""The engine's one error hierarchy. Transports map each class to a status in one table."""
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every failure the engine reports to a caller."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidInput(EngineError):
+    """The caller's input is malformed or breaks a rule (a 400 / INVALID_ARGUMENT)."""
+
+
+class InputTooLong(InvalidInput):
+    """An input exceeds the model's token limit and the caller asked not to truncate."""
+
+
+class InvalidDimensions(InvalidInput):
+    """`dimensions` is not a size this model can produce."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="dimensions")
+
+
+class UnsupportedModality(InvalidInput):
+    """An image for a text-only model, text for an image tower, or unfusable content."""
+
+
+class ModelNotFound(EngineError):
+    """No model (or endpoint) of that name exists."""
+
+    def __init__(self, name: str, known: list[str] | None = None) -> None:
+        self.name = name
+        self.known = sorted(known or [])
+        super().__init__(f"model [{name}] does not exist")
+
+
+class Overloaded(EngineError):
+    """The model's queue is full; the caller should retry later (429 / RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExceeded(EngineError):
+    """The request's deadline passed before it was computed; it was dropped from the queue."""
+
+
+class NotReady(EngineError):
+    """The model is not loaded or warmed up yet, or the engine is shutting down."""
+
+
+class InferenceFailed(EngineError):
+    """ONNX Runtime failed on a batch; only that batch's requests see this."""

@@ -1,0 +1,262 @@
+"""Per-model scheduler: a bounded queue of sequences and worker threads that form session calls.
+
+Callers submit already-tokenized sequences from the event loop and await a future. Worker
+threads take sequences from the queue whenever they are free (no fixed wait for company: work
+that arrives while the workers are busy is what gets batched) and form each session call by
+the configured policy:
+
+- ``sequence``: one sequence per call. No padding, and batch-invariant under dynamic int8.
+- ``batch``: the oldest waiting sequence plus the waiting sequences closest to it in length,
+  up to ``max_batch`` sequences and a padded-token budget (longest x count).
+- ``hybrid``: batch only sequences of at most ``short_tokens`` tokens; longer ones run alone.
+
+Sequences whose caller has gone away or whose deadline has passed are dropped when taken, never
+computed. A failing call fails only the requests with sequences in it; the worker lives on.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+
+from .errors import DeadlineExceeded, EngineError, InferenceFailed, NotReady, Overloaded
+from .tokenizer import TokenizedText
+
+log = logging.getLogger(__name__)
+
+PolicyName = Literal["sequence", "batch", "hybrid"]
+POLICIES: tuple[PolicyName, ...] = ("sequence", "batch", "hybrid")
+
+# Runs one session call: sequences in, one float32 vector per sequence out.
+RunBatch = Callable[[Sequence[TokenizedText]], np.ndarray]
+
+# How far into the queue a worker looks for length-matched companions: bounds the cost of
+# forming a batch when a huge request is waiting.
+_COMPANION_WINDOW = 1024
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    mode: PolicyName = "hybrid"
+    max_batch: int = 32
+    max_batch_tokens: int = 4096
+    short_tokens: int = 64
+    max_queue: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.mode not in POLICIES:
+            raise ValueError(f"unknown batching policy {self.mode!r}; expected one of {POLICIES}")
+        if min(self.max_batch, self.max_batch_tokens, self.short_tokens, self.max_queue) < 1:
+            raise ValueError("batch policy limits must be positive")
+
+
+@dataclass
+class SchedulerStats:
+    """Counters read by /metrics. Written by workers under the scheduler lock."""
+
+    calls: int = 0
+    sequences: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    failed_calls: int = 0
+    dropped_sequences: int = 0
+    rejected_requests: int = 0
+    busy_seconds: float = 0.0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+
+class _Job:
+    """One caller's request: where its vectors go and how many are still missing."""
+
+    __slots__ = ("future", "loop", "vectors", "remaining", "deadline")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int, dim: int, deadline: float | None) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[np.ndarray] = loop.create_future()
+        self.vectors = np.empty((count, dim), dtype=np.float32)
+        self.remaining = count
+        self.deadline = deadline
+
+    def abandoned(self, now: float) -> bool:
+        # Reading a future's state from a worker thread is a plain attribute read; only the loop
+        # ever changes it.
+        return self.future.done() or (self.deadline is not None and now >= self.deadline)
+
+
+class _Item:
+    __slots__ = ("job", "slot", "seq", "length")
+
+    def __init__(self, job: _Job, slot: int, seq: TokenizedText) -> None:
+        self.job = job
+        self.slot = slot
+        self.seq = seq
+        self.length = seq.length
+
+
+class Scheduler:
+    def __init__(self, name: str, run_batch: RunBatch, dim: int, policy: BatchPolicy, workers: int) -> None:
+        self.name = name
+        self.policy = policy
+        self.stats = SchedulerStats()
+        self._run_batch = run_batch
+        self._dim = dim
+        self._workers_wanted = max(1, workers)
+        self._pending: list[_Item] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        for index in range(self._workers_wanted):
+            thread = threading.Thread(target=self._work, name=f"ortembed-{self.name}-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            leftover, self._pending = self._pending, []
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._fail({item.job for item in leftover}, NotReady("the server is shutting down"))
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    # -- the caller's side (event loop) ------------------------------------------------------
+    async def submit(self, seqs: Sequence[TokenizedText], deadline: float | None = None) -> np.ndarray:
+        """Queue the sequences and wait for their vectors, (len(seqs), dim) float32."""
+        if not seqs:
+            return np.empty((0, self._dim), dtype=np.float32)
+        job = _Job(asyncio.get_running_loop(), len(seqs), self._dim, deadline)
+        with self._cond:
+            if self._closed:
+                raise NotReady(f"model [{self.name}] is shutting down")
+            # A request larger than the whole queue is still admitted into an empty queue.
+            if self._pending and len(self._pending) + len(seqs) > self.policy.max_queue:
+                self.stats.rejected_requests += 1
+                raise Overloaded(f"model [{self.name}] is overloaded: its queue is full, retry later")
+            self._pending.extend(_Item(job, slot, seq) for slot, seq in enumerate(seqs))
+            self._cond.notify(min(len(seqs), self._workers_wanted))
+        try:
+            if deadline is None:
+                return await job.future
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                raise DeadlineExceeded("the request's deadline passed before it was computed")
+            try:
+                return await asyncio.wait_for(job.future, timeout)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded("the request's deadline passed before it was computed") from None
+        finally:
+            # The caller is gone (cancelled, timed out): workers skip whatever is still queued.
+            if not job.future.done():
+                job.future.cancel()
+
+    # -- the workers' side -------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                batch = self._take()
+            if batch:
+                self._run(batch)
+
+    def _take(self) -> list[_Item]:
+        """Remove and return the next call's items (lock held). Drops abandoned items."""
+        now = time.monotonic()
+        pending = self._pending
+        live = [item for item in pending if not item.job.abandoned(now)]
+        self.stats.dropped_sequences += len(pending) - len(live)
+        if not live:
+            self._pending = []
+            return []
+        anchor = live[0]
+        policy = self.policy
+        if policy.mode == "sequence" or (policy.mode == "hybrid" and anchor.length > policy.short_tokens):
+            self._pending = live[1:]
+            return [anchor]
+        window = live[1:_COMPANION_WINDOW]
+        if policy.mode == "hybrid":
+            candidates = [i for i, item in enumerate(window) if item.length <= policy.short_tokens]
+        else:
+            candidates = list(range(len(window)))
+        candidates.sort(key=lambda i: abs(window[i].length - anchor.length))
+        chosen = {0}
+        longest = anchor.length
+        for i in candidates:
+            if len(chosen) >= policy.max_batch:
+                break
+            widest = max(longest, window[i].length)
+            if widest * (len(chosen) + 1) > policy.max_batch_tokens:
+                continue
+            chosen.add(i + 1)
+            longest = widest
+        self._pending = [item for i, item in enumerate(live) if i not in chosen]
+        return [live[i] for i in sorted(chosen)]
+
+    def _run(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            vectors = self._run_batch([item.seq for item in batch])
+        except Exception as exc:  # noqa: BLE001 - any failure fails this batch only
+            log.exception("model [%s]: session call over %d sequences failed", self.name, len(batch))
+            with self._cond:
+                self.stats.failed_calls += 1
+            self._fail({item.job for item in batch}, InferenceFailed(f"inference failed on model [{self.name}]: {exc}"))
+            return
+        elapsed = time.perf_counter() - started
+        longest = max(item.length for item in batch)
+        with self._cond:
+            stats = self.stats
+            stats.calls += 1
+            stats.sequences += len(batch)
+            stats.tokens += sum(item.length for item in batch)
+            stats.padded_tokens += longest * len(batch)
+            stats.busy_seconds += elapsed
+            stats.batch_sizes[len(batch)] = stats.batch_sizes.get(len(batch), 0) + 1
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Item, np.ndarray]]] = {}
+        for item, vector in zip(batch, vectors):
+            by_loop.setdefault(item.job.loop, []).append((item, vector))
+        for loop, results in by_loop.items():
+            _call_soon(loop, _deliver, results)
+
+    @staticmethod
+    def _fail(jobs: set[_Job], error: EngineError) -> None:
+        for job in jobs:
+            _call_soon(job.loop, _set_exception, job, error)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
+
+
+def _deliver(results: list[tuple[_Item, np.ndarray]]) -> None:
+    """On the loop: place vectors in their request and resolve requests that are complete."""
+    for item, vector in results:
+        job = item.job
+        if job.future.done():
+            continue
+        job.vectors[item.slot] = vector
+        job.remaining -= 1
+        if job.remaining == 0:
+            job.future.set_result(job.vectors)
+
+
+def _set_exception(job: _Job, error: EngineError) -> None:
+    if not job.future.done():
+        job.future.set_exception(error)

@@ -1,0 +1,100 @@
+"""The REST transport's one table: each failure to an HTTP status and each dialect's error type.
+
+Lookups walk the exception's class hierarchy, so a subclass without its own row inherits its
+parent's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..api_errors import (
+    EndpointExists,
+    EndpointNotFound,
+    IllegalArgument,
+    MalformedBody,
+    NoRoute,
+    PayloadTooLarge,
+    Unauthenticated,
+    UnknownTaskType,
+    ValidationFailed,
+)
+from ..engine.errors import (
+    DeadlineExceeded,
+    EngineError,
+    InferenceFailed,
+    InputTooLong,
+    InvalidDimensions,
+    InvalidInput,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+    UnsupportedModality,
+)
+
+
+@dataclass(frozen=True)
+class ErrorRow:
+    status: int
+    es_type: str
+    openai_type: str
+    openai_code: str | None
+
+
+ERROR_TABLE: dict[type[Exception], ErrorRow] = {
+    EngineError: ErrorRow(500, "exception", "server_error", None),
+    InferenceFailed: ErrorRow(500, "exception", "server_error", "inference_failed"),
+    InvalidInput: ErrorRow(400, "status_exception", "invalid_request_error", None),
+    InputTooLong: ErrorRow(400, "status_exception", "invalid_request_error", "context_length_exceeded"),
+    InvalidDimensions: ErrorRow(400, "status_exception", "invalid_request_error", "invalid_dimensions"),
+    UnsupportedModality: ErrorRow(400, "status_exception", "invalid_request_error", "unsupported_input"),
+    MalformedBody: ErrorRow(400, "x_content_parse_exception", "invalid_request_error", "invalid_json"),
+    ValidationFailed: ErrorRow(400, "action_request_validation_exception", "invalid_request_error", None),
+    IllegalArgument: ErrorRow(400, "illegal_argument_exception", "invalid_request_error", None),
+    UnknownTaskType: ErrorRow(400, "status_exception", "invalid_request_error", None),
+    EndpointExists: ErrorRow(400, "resource_already_exists_exception", "invalid_request_error", "already_exists"),
+    ModelNotFound: ErrorRow(404, "resource_not_found_exception", "invalid_request_error", "model_not_found"),
+    EndpointNotFound: ErrorRow(404, "resource_not_found_exception", "invalid_request_error", "model_not_found"),
+    Unauthenticated: ErrorRow(401, "security_exception", "invalid_request_error", "invalid_api_key"),
+    DeadlineExceeded: ErrorRow(408, "status_exception", "timeout_error", "timeout"),
+    PayloadTooLarge: ErrorRow(413, "content_too_long_exception", "invalid_request_error", "request_too_large"),
+    Overloaded: ErrorRow(429, "es_rejected_execution_exception", "rate_limit_error", "rate_limit_exceeded"),
+    NoRoute: ErrorRow(404, "resource_not_found_exception", "invalid_request_error", "not_found"),
+    NotReady: ErrorRow(503, "status_exception", "server_error", "not_ready"),
+}
+
+
+def row_for(error: Exception) -> ErrorRow:
+    for cls in type(error).__mro__:
+        row = ERROR_TABLE.get(cls)
+        if row is not None:
+            return row
+    return ERROR_TABLE[EngineError]
+
+
+def message_of(error: Exception) -> str:
+    return getattr(error, "message", None) or str(error) or type(error).__name__
+
+
+def status_of(error: Exception) -> int:
+    # NoRoute carries its own status: 404 for an unknown path, 405 for a known one.
+    return getattr(error, "status", None) or row_for(error).status
+
+
+def es_body(error: Exception) -> tuple[int, dict[str, Any]]:
+    row = row_for(error)
+    status = status_of(error)
+    cause = {"type": row.es_type, "reason": message_of(error)}
+    return status, {"error": {"root_cause": [cause], **cause}, "status": status}
+
+
+def openai_body(error: Exception) -> tuple[int, dict[str, Any]]:
+    row = row_for(error)
+    return status_of(error), {
+        "error": {
+            "message": message_of(error),
+            "type": row.openai_type,
+            "param": getattr(error, "param", None),
+            "code": row.openai_code,
+        }
+    }

@@ -1,0 +1,19 @@
+"""Typed application state, one key per resource."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..config import Settings
+from ..engine.repository import ModelRepository
+from ..metrics import RequestMetrics
+from ..targets import EndpointLookup
+
+SETTINGS = web.AppKey("settings", Settings)
+REPOSITORY = web.AppKey("repository", ModelRepository)
+ENDPOINTS = web.AppKey("endpoints", EndpointLookup)
+METRICS = web.AppKey("metrics", RequestMetrics)
+
+
+def endpoint_lookup(app: web.Application) -> EndpointLookup | None:
+    """The stored endpoints, when this app has an endpoint store."""
+    return app.get(ENDPOINTS)

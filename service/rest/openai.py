@@ -1,0 +1,182 @@
+"""The OpenAI embeddings dialect: POST /v1/embeddings, GET /v1/models (also without /v1)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ..api_errors import IllegalArgument, MalformedBody, ValidationFailed
+from ..engine.encodings import float32_le_base64
+from ..engine.errors import ModelNotFound, NotReady
+from ..engine.manifest import Manifest
+from ..engine.model import EmbedOptions
+from ..targets import resolve
+from . import token_ids
+from .jsonio import json_response, read_json
+from .keys import REPOSITORY, SETTINGS, endpoint_lookup
+
+_ENCODINGS = ("float", "base64")
+_INPUT_TYPES = ("search", "ingest", "classification", "clustering", "unspecified")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_input(value: Any, *, max_inputs: int, max_chars: int) -> list[str]:
+    """Every OpenAI input form to a list of texts: a string, strings, token ids, lists of ids."""
+    if value is None:
+        raise ValidationFailed("'input' is a required property", param="input")
+    if isinstance(value, str):
+        texts = [value]
+    elif isinstance(value, list):
+        if not value:
+            raise ValidationFailed("'input' cannot be an empty array", param="input")
+        if all(isinstance(v, str) for v in value):
+            texts = list(value)
+        elif all(_is_int(v) for v in value):
+            texts = [token_ids.decode(value, 0)]
+        elif all(isinstance(v, list) for v in value):
+            texts = []
+            for index, ids in enumerate(value):
+                if not ids or not all(_is_int(i) for i in ids):
+                    raise MalformedBody(
+                        f"input[{index}] must be a non-empty array of integer token ids", param="input"
+                    )
+                texts.append(token_ids.decode(ids, index))
+        else:
+            raise MalformedBody(
+                "'input' must be a string, an array of strings, an array of token ids "
+                "or an array of token id arrays",
+                param="input",
+            )
+    else:
+        raise MalformedBody(f"'input' must be a string or an array, not {type(value).__name__}", param="input")
+    if len(texts) > max_inputs:
+        raise IllegalArgument(f"'input' has {len(texts)} items; the limit is {max_inputs}", param="input")
+    for index, text in enumerate(texts):
+        if len(text) > max_chars:
+            raise IllegalArgument(
+                f"input[{index}] has {len(text)} characters; the limit is {max_chars}", param="input"
+            )
+    return texts
+
+
+def _optional(body: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise MalformedBody(f"'{key}' must be {what}", param=key)
+    return value
+
+
+async def create_embeddings(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    repository = request.app[REPOSITORY]
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise MalformedBody("the request body must be a JSON object")
+    model_name = body.get("model")
+    if not isinstance(model_name, str) or not model_name:
+        raise ValidationFailed("'model' is a required property and must be a string", param="model")
+    encoding = _optional(body, "encoding_format", str, "'float' or 'base64'") or "float"
+    if encoding not in _ENCODINGS:
+        raise IllegalArgument(f"encoding_format [{encoding}] is not one of {list(_ENCODINGS)}", param="encoding_format")
+    dimensions = _optional(body, "dimensions", int, "an integer")
+    input_type = _optional(body, "input_type", str, "a string")
+    if input_type is not None:
+        input_type = input_type.lower()
+        if input_type not in _INPUT_TYPES:
+            raise IllegalArgument(f"Unrecognized input_type [{input_type}]", param="input_type")
+    truncate = _optional(body, "truncate", bool, "a boolean")
+    texts = parse_input(body.get("input"), max_inputs=settings.max_inputs, max_chars=settings.max_input_chars)
+
+    if not repository.ready:
+        raise NotReady("models are still loading")
+    try:
+        target = resolve(model_name, repository, endpoint_lookup(request.app))
+    except ModelNotFound:
+        raise ModelNotFound(model_name, repository.names) from None
+    if dimensions is None:
+        dimensions = target.dimensions
+    options = EmbedOptions(
+        input_type=input_type or target.input_type,
+        dimensions=dimensions,
+        truncate=settings.truncate if truncate is None else truncate,
+        deadline=time.monotonic() + settings.default_timeout,
+    )
+    result = await target.model.embed(texts, options)
+    vectors = result.vectors
+    if encoding == "base64":
+        data = [{"object": "embedding", "embedding": float32_le_base64(v), "index": i} for i, v in enumerate(vectors)]
+    else:
+        data = [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)]
+    return json_response({
+        "object": "list",
+        "data": data,
+        "model": model_name,
+        "usage": {
+            "prompt_tokens": result.prompt_tokens,
+            "total_tokens": result.prompt_tokens,
+            "completion_tokens": 0,
+            "completion_tokens_details": None,
+            "prompt_tokens_details": None,
+        },
+    })
+
+
+def _model_card(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "ortembed"}
+
+
+def _created(request: web.Request, name: str) -> int:
+    model = request.app[REPOSITORY].get(name)
+    try:
+        return int((model.folder / model.manifest.model_file).stat().st_mtime)
+    except OSError:
+        return 0
+
+
+async def list_models(request: web.Request) -> web.Response:
+    repository = request.app[REPOSITORY]
+    data = []
+    for model in repository.models():
+        card = _model_card(model.name, _created(request, model.name))
+        card["ortembed"] = model_info(model.manifest)
+        data.append(card)
+    return json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    repository = request.app[REPOSITORY]
+    if name not in repository:
+        raise ModelNotFound(name, repository.names)
+    card = _model_card(name, _created(request, name))
+    card["ortembed"] = model_info(repository.get(name).manifest)
+    return json_response(card)
+
+
+def model_info(manifest: Manifest) -> dict[str, Any]:
+    """What a caller may want to know about a model beyond the OpenAI card."""
+    fidelity = manifest.fidelity
+    return {
+        "dimensions": manifest.dimensions,
+        "max_tokens": manifest.max_tokens,
+        "modality": manifest.modality,
+        "pooling": manifest.pooling,
+        "normalize": manifest.normalize,
+        "recipe": manifest.recipe,
+        "prompts": manifest.prompts,
+        "matryoshka_dimensions": list(manifest.matryoshka_dimensions) if manifest.matryoshka_dimensions is not None else None,
+        "fidelity": None if fidelity is None else {k: v for k, v in vars(fidelity).items() if v is not None},
+    }
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in ("/v1", ""):
+        app.router.add_post(f"{prefix}/embeddings", create_embeddings)
+        app.router.add_get(f"{prefix}/models", list_models)
+        app.router.add_get(f"{prefix}/models/{{model}}", get_model)

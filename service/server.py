@@ -1,0 +1,36 @@
+"""Run the service: one process, one event loop, REST (and gRPC) over the same models."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from aiohttp import web
+
+from .config import Settings
+from .rest.app import create_app
+
+log = logging.getLogger("ortembed")
+
+
+async def serve(settings: Settings) -> None:
+    started = time.perf_counter()
+    app = create_app(settings)
+    # handler_cancellation: a client that disconnects cancels its handler, and with it the
+    # queued work (the scheduler skips sequences whose caller is gone).
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
+    await site.start()
+    log.info("REST listening on http://%s:%d (ready in %.2f s)", settings.host, settings.port,
+             time.perf_counter() - started)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
