@@ -1,0 +1,198 @@
+"""The engine on its own (real ORT session over the tiny model): scheduling, failures, pooling."""
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytest
+
+from service.engine.cpus import available_cpus
+from service.engine.encodings import to_bits, to_int8
+from service.engine.errors import DeadlineExceeded, InferenceFailed, InputTooLong, InvalidDimensions, Overloaded
+from service.engine.manifest import Manifest
+from service.engine.model import EmbedOptions, EmbeddingModel, ModelSettings
+from service.engine.pooling import l2_normalize, pool, truncate_dimensions
+from service.engine.scheduler import BatchPolicy
+from service.engine.session import SessionSettings
+from service.engine.tokenizer import TokenizedText
+from tests.conftest import TINY
+
+TEXTS = [
+    "short",
+    "a somewhat longer sentence about embeddings and batching",
+    "the quick brown fox jumps over the lazy dog " * 6,
+    "numbers 1 2 3 and symbols !?",
+    "another short one",
+    "x " * 120,
+]
+
+
+def load(model_repo: Path, mode: str = "hybrid", workers: int = 2, **policy: int) -> EmbeddingModel:
+    folder = model_repo / TINY
+    model = EmbeddingModel(folder, Manifest.read(folder), ModelSettings(
+        workers=workers, session=SessionSettings(intra_op_threads=1), policy=BatchPolicy(mode=mode, **policy)))
+    model.start()
+    model.warm_up()
+    return model
+
+
+@pytest.fixture
+def model(model_repo: Path):
+    m = load(model_repo)
+    yield m
+    m.close()
+
+
+def test_policies_agree_with_each_other(model_repo: Path) -> None:
+    """Every policy computes the same vectors (up to int8 per-batch activation scaling)."""
+    results = {}
+    for mode in ("sequence", "batch", "hybrid"):
+        m = load(model_repo, mode)
+        try:
+            results[mode] = asyncio.run(m.embed(TEXTS)).vectors
+            assert m.scheduler.stats.sequences >= len(TEXTS)
+        finally:
+            m.close()
+    for mode in ("batch", "hybrid"):
+        cosine = (results[mode] * results["sequence"]).sum(axis=1)
+        assert cosine.min() > 0.99, (mode, cosine)
+
+
+def test_sequence_policy_never_pads(model_repo: Path) -> None:
+    m = load(model_repo, "sequence")
+    try:
+        asyncio.run(m.embed(TEXTS))
+        stats = m.scheduler.stats
+        assert stats.padded_tokens == stats.tokens
+        assert set(stats.batch_sizes) == {1}
+    finally:
+        m.close()
+
+
+def test_batch_policy_groups_similar_lengths_under_the_budget(model_repo: Path) -> None:
+    m = load(model_repo, "batch", workers=1, max_batch=4, max_batch_tokens=10_000)
+    try:
+        asyncio.run(m.embed(["same length text"] * 16))
+        assert max(m.scheduler.stats.batch_sizes) == 4
+    finally:
+        m.close()
+
+
+def test_concurrent_requests_each_get_their_own_vectors(model: EmbeddingModel) -> None:
+    async def run() -> list[np.ndarray]:
+        return [r.vectors for r in await asyncio.gather(*(model.embed([t]) for t in TEXTS * 3))]
+
+    alone = asyncio.run(model.embed(TEXTS)).vectors
+    together = np.vstack(asyncio.run(run()))
+    cosine = (together * np.vstack([alone] * 3)).sum(axis=1)
+    assert cosine.min() > 0.99
+
+
+def test_a_failing_batch_fails_only_its_own_requests(model_repo: Path) -> None:
+    m = load(model_repo, "sequence")
+    real_run = m._run_batch
+    poison = m.tokenizer.encode(["poison pill"])[0].ids.tolist()
+
+    def flaky(seqs: Sequence[TokenizedText]) -> np.ndarray:
+        if any(s.ids.tolist() == poison for s in seqs):
+            raise RuntimeError("simulated ORT failure")
+        return real_run(seqs)
+
+    m.scheduler._run_batch = flaky
+    try:
+        async def run() -> list[object]:
+            return await asyncio.gather(*(m.embed([t]) for t in ["fine one", "poison pill", "fine two"]),
+                                        return_exceptions=True)
+
+        ok1, bad, ok2 = asyncio.run(run())
+        assert isinstance(bad, InferenceFailed)
+        assert ok1.vectors.shape == (1, m.manifest.dimensions)
+        assert ok2.vectors.shape == (1, m.manifest.dimensions)
+        # The workers live on.
+        assert asyncio.run(m.embed(["after the failure"])).vectors.shape[0] == 1
+        assert m.scheduler.stats.failed_calls == 1
+    finally:
+        m.close()
+
+
+def test_expired_work_is_dropped_not_computed(model_repo: Path) -> None:
+    m = load(model_repo, "sequence", workers=1)
+    try:
+        async def run() -> None:
+            blocker = asyncio.ensure_future(m.embed(["keep the worker busy " * 40] * 200))
+            await asyncio.sleep(0.01)
+            with pytest.raises(DeadlineExceeded):
+                await m.embed(["too late"] * 50, EmbedOptions(deadline=time.monotonic() + 0.001))
+            await blocker
+
+        asyncio.run(run())
+        assert m.scheduler.stats.dropped_sequences >= 50
+        assert m.scheduler.stats.sequences == 200  # only the blocker was computed
+    finally:
+        m.close()
+
+
+def test_full_queue_refuses_at_once(model_repo: Path) -> None:
+    m = load(model_repo, "sequence", workers=1, max_queue=10)
+    try:
+        async def run() -> None:
+            first = asyncio.ensure_future(m.embed(["fill the queue " * 30] * 10))
+            await asyncio.sleep(0)
+            with pytest.raises(Overloaded):
+                await m.embed(["one too many"] * 5)
+            await first
+
+        asyncio.run(run())
+        assert m.scheduler.stats.rejected_requests == 1
+    finally:
+        m.close()
+
+
+def test_truncation_and_its_refusal(model: EmbeddingModel) -> None:
+    limit = model.manifest.max_tokens
+    long_text = "token " * (limit * 3)
+    assert asyncio.run(model.embed([long_text])).prompt_tokens == limit
+    with pytest.raises(InputTooLong) as info:
+        asyncio.run(model.embed([long_text], EmbedOptions(truncate=False)))
+    assert "Please reduce your prompt; or completion length." in info.value.message
+
+
+def test_dimensions_validation(model: EmbeddingModel) -> None:
+    with pytest.raises(InvalidDimensions):
+        asyncio.run(model.embed(["x"], EmbedOptions(dimensions=model.manifest.dimensions + 1)))
+
+
+def test_mean_pooling_ignores_padding() -> None:
+    hidden = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    pooled = pool(hidden, np.array([5, 2]), "mean")
+    np.testing.assert_allclose(pooled[0], hidden[0].mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(pooled[1], hidden[1, :2].mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(pool(hidden, np.array([5, 2]), "cls"), hidden[:, 0])
+    np.testing.assert_allclose(pool(hidden, np.array([5, 2]), "last"), hidden[[0, 1], [4, 1]])
+
+
+def test_normalize_and_matryoshka() -> None:
+    v = l2_normalize(np.array([[3.0, 4.0, 12.0], [0.0, 0.0, 0.0]], dtype=np.float32))
+    np.testing.assert_allclose(v[0], [3 / 13, 4 / 13, 12 / 13], rtol=1e-6)
+    assert not np.isnan(v).any()
+    t = truncate_dimensions(v[:1], 2)
+    np.testing.assert_allclose(t, [[0.6, 0.8]], rtol=1e-6)
+
+
+def test_byte_and_bit_encodings() -> None:
+    v = np.array([[1.0, -1.0, 0.5, -0.004, 0.0, 0.3, -0.2, 0.9, 0.1, -0.1, 0, 0, 0, 0, 0, 0.7]], dtype=np.float32)
+    np.testing.assert_array_equal(to_int8(v)[0, :4], [127, -127, 64, -1])
+    bits = to_bits(v)
+    assert bits.dtype == np.int8 and bits.shape == (1, 2)
+    # 1 0 1 0 0 1 0 1 -> 0b10100101 = 165 -> int8 -91 ; 1 0 0 0 0 0 0 1 -> 0b10000001 -> -127
+    np.testing.assert_array_equal(bits[0], [-91, -127])
+
+
+def test_available_cpus_honours_cgroup_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU
+    assert available_cpus(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cpus(tmp_path) == available_cpus(tmp_path / "none")
