@@ -40,7 +40,9 @@ class Settings:
     only_models: str = ""  # comma-separated model names to load; empty: all
     workers: int | None = None  # session workers per model; auto: the usable CPUs
     intra_op_threads: int | None = None  # ORT threads per worker; auto: CPUs / workers
-    batch_policy: str = "hybrid"
+    # One sequence per session call: no padding, batch-invariant under dynamic int8, and on 2
+    # cores the fastest on mixed-length text (see bench/RESULTS.md).
+    batch_policy: str = "sequence"
     max_batch: int = 32
     max_batch_tokens: int = 4096
     short_tokens: int = 64

