@@ -1,4 +1,5 @@
-"""`python -m service`: serve REST and gRPC (flags: `python -m service --help`)."""
+"""`python -m service`: serve REST and gRPC (flags: `python -m service --help`);
+`python -m service auth ...`: manage credentials (`python -m service auth --help`)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,6 +12,10 @@ from .server import serve
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["auth"]:
+        from .auth.cli import main as auth_main
+
+        return auth_main(argv[1:])
     settings = load_settings(argv)
     logging.basicConfig(
         level=settings.log_level.upper(),

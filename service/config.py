@@ -70,9 +70,11 @@ class Settings:
             only=tuple(n.strip() for n in self.only_models.split(",") if n.strip()),
         )
 
+    auth_file_name = "credentials.json"  # a class constant, not a setting
+
     @property
     def auth_file(self) -> Path:
-        return self.data_dir / "credentials.json"
+        return self.data_dir / self.auth_file_name
 
     @property
     def endpoints_dir(self) -> Path:

@@ -6,6 +6,7 @@ import logging
 from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from ..api_errors import MalformedBody, NoRoute, PayloadTooLarge
 from ..config import Settings
@@ -13,6 +14,7 @@ from ..engine.errors import EngineError
 from ..engine.repository import ModelRepository
 from ..metrics import RequestMetrics
 from . import openai, ops
+from .auth import ES_CHALLENGES, OPENAI_CHALLENGES, auth_context, auth_middleware
 from .errors import es_body, openai_body
 from .jsonio import json_response
 from .keys import METRICS, REPOSITORY, SETTINGS
@@ -29,8 +31,14 @@ def is_openai_path(path: str) -> bool:
 
 
 def error_response(request: web.Request, error: Exception) -> web.Response:
-    status, body = (openai_body if is_openai_path(request.path) else es_body)(error)
-    headers = {"Retry-After": "1"} if status == 429 else None
+    openai_dialect = is_openai_path(request.path)
+    status, body = (openai_body if openai_dialect else es_body)(error)
+    headers = CIMultiDict[str]()
+    if status == 429:
+        headers["Retry-After"] = "1"
+    elif status == 401:
+        for challenge in OPENAI_CHALLENGES if openai_dialect else ES_CHALLENGES:
+            headers.add("WWW-Authenticate", challenge)
     return json_response(body, status=status, headers=headers)
 
 
@@ -83,9 +91,10 @@ def repository_context(settings: Settings) -> Callable[[web.Application], AsyncI
 
 def create_app(settings: Settings, extra_contexts: tuple[Callable[[web.Application], AsyncIterator[None]], ...] = ()) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[ops.accounting_middleware, error_middleware])
+                          middlewares=[ops.accounting_middleware, error_middleware, auth_middleware])
     app[SETTINGS] = settings
     app[METRICS] = RequestMetrics()
+    app.cleanup_ctx.append(auth_context(settings))
     app.cleanup_ctx.append(repository_context(settings))
     app.cleanup_ctx.extend(extra_contexts)
     app.on_response_prepare.append(_add_product_header)

@@ -5,6 +5,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import LooseHeaders
 
 from ..api_errors import MalformedBody, PayloadTooLarge
 
@@ -26,6 +27,6 @@ async def read_json(request: web.Request) -> Any:
         raise MalformedBody(f"Failed to parse the request body as JSON: {exc}") from None
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(data: Any, status: int = 200, headers: LooseHeaders | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(data, option=_DUMP_OPTIONS), status=status,
                         content_type=JSON_TYPE, headers=headers)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..auth import Authenticator
 from ..config import Settings
 from ..engine.repository import ModelRepository
 from ..metrics import RequestMetrics
@@ -12,6 +13,9 @@ SETTINGS = web.AppKey("settings", Settings)
 REPOSITORY = web.AppKey("repository", ModelRepository)
 ENDPOINTS = web.AppKey("endpoints", EndpointLookup)
 METRICS = web.AppKey("metrics", RequestMetrics)
+AUTH = web.AppKey("auth", Authenticator)
+# Who made the request (set by the auth middleware).
+PRINCIPAL = web.RequestKey("principal", str)
 
 
 def endpoint_lookup(app: web.Application) -> EndpointLookup | None:
