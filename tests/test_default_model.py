@@ -55,3 +55,26 @@ def test_default_manifest_records_its_fidelity(server: ServerProcess, default_mo
     card = httpx.get(server.url + f"/v1/models/{default_model}", timeout=10).json()["ortembed"]
     assert card["max_tokens"] == 256 and card["pooling"] == "mean" and card["normalize"] is True
     assert card["fidelity"]["mean_cosine"] >= 0.99 and card["fidelity"]["min_cosine"] >= 0.97
+    assert card["recipe"] == "smooth-int8"
+
+
+def test_served_vectors_do_not_depend_on_batch_mates(server: ServerProcess, default_model: str) -> None:
+    """The same text alone, inside a large request, and among concurrent callers: one vector."""
+    import asyncio
+
+    others = [f"filler sentence number {i} with some words about topic {i % 7}" for i in range(31)]
+    text = "the identical document and query must map to the same vector"
+    alone = _embed(server, default_model, [text])[0]
+    inside = _embed(server, default_model, others[:16] + [text] + others[16:])[16]
+
+    async def crowd() -> np.ndarray:
+        async with httpx.AsyncClient(timeout=120) as client:
+            async def one(t: str) -> list[float]:
+                r = await client.post(server.url + "/v1/embeddings", json={"model": default_model, "input": t})
+                return r.json()["data"][0]["embedding"]
+            results = await asyncio.gather(*(one(t) for t in others + [text]))
+        return np.array(results[-1], dtype=np.float32)
+
+    among = asyncio.run(crowd())
+    for other in (inside, among):
+        assert float(alone @ other) >= 0.9999
