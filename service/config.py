@@ -43,8 +43,9 @@ class Settings:
     # One sequence per session call: no padding, batch-invariant under dynamic int8, and on 2
     # cores the fastest on mixed-length text (see bench/RESULTS.md).
     batch_policy: str = "sequence"
-    max_batch: int = 32
-    max_batch_tokens: int = 4096
+    # On 2 cores length-sorted batches of 2-8 beat 32 or 64 (bench/RESULTS.md, raw sweep).
+    max_batch: int = 8
+    max_batch_tokens: int = 2048
     short_tokens: int = 64
     max_queue: int = 8192  # sequences waiting per model before 429
     truncate: bool = True  # truncate over-long inputs (False: answer 400)

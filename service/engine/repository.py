@@ -28,8 +28,9 @@ class EngineSettings:
         """(workers, intra-op threads per worker) so that their product is the usable CPUs."""
         cpus = available_cpus()
         if self.workers is None and self.intra_op_threads is None:
-            # Measured on 2 cores: several single-threaded workers beat one wide worker.
-            return cpus, 1
+            # Measured on 2 cores (bench/RESULTS.md, raw sweep): single sequences run best on
+            # one single-threaded worker per CPU; batches run best on one worker with every CPU.
+            return (1, cpus) if self.policy.mode == "batch" else (cpus, 1)
         if self.workers is None:
             intra = max(1, self.intra_op_threads or 1)
             return max(1, cpus // intra), intra

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
@@ -43,8 +44,9 @@ _COMPANION_WINDOW = 1024
 @dataclass(frozen=True)
 class BatchPolicy:
     mode: PolicyName = "sequence"
-    max_batch: int = 32
-    max_batch_tokens: int = 4096
+    # On 2 cores length-sorted batches of 2-8 beat 32 or 64 (bench/RESULTS.md, raw sweep).
+    max_batch: int = 8
+    max_batch_tokens: int = 2048
     short_tokens: int = 64
     max_queue: int = 8192
 
@@ -106,7 +108,7 @@ class Scheduler:
         self._run_batch = run_batch
         self._dim = dim
         self._workers_wanted = max(1, workers)
-        self._pending: list[_Item] = []
+        self._pending: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._threads: list[threading.Thread] = []
@@ -121,7 +123,7 @@ class Scheduler:
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            leftover, self._pending = self._pending, []
+            leftover, self._pending = self._pending, deque()
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -174,37 +176,47 @@ class Scheduler:
                 self._run(batch)
 
     def _take(self) -> list[_Item]:
-        """Remove and return the next call's items (lock held). Drops abandoned items."""
+        """Remove and return the next call's items (lock held). Drops abandoned items.
+
+        Only the head of the queue (and, when batching, a bounded window behind it) is looked
+        at, so a long queue costs nothing per call.
+        """
         now = time.monotonic()
         pending = self._pending
-        live = [item for item in pending if not item.job.abandoned(now)]
-        self.stats.dropped_sequences += len(pending) - len(live)
-        if not live:
-            self._pending = []
+        while pending and pending[0].job.abandoned(now):
+            pending.popleft()
+            self.stats.dropped_sequences += 1
+        if not pending:
             return []
-        anchor = live[0]
+        anchor = pending.popleft()
         policy = self.policy
         if policy.mode == "sequence" or (policy.mode == "hybrid" and anchor.length > policy.short_tokens):
-            self._pending = live[1:]
             return [anchor]
-        window = live[1:_COMPANION_WINDOW]
+        window: list[_Item] = []
+        while pending and len(window) < _COMPANION_WINDOW:
+            item = pending.popleft()
+            if item.job.abandoned(now):
+                self.stats.dropped_sequences += 1
+            else:
+                window.append(item)
         if policy.mode == "hybrid":
             candidates = [i for i, item in enumerate(window) if item.length <= policy.short_tokens]
         else:
             candidates = list(range(len(window)))
         candidates.sort(key=lambda i: abs(window[i].length - anchor.length))
-        chosen = {0}
+        chosen: set[int] = set()
         longest = anchor.length
         for i in candidates:
-            if len(chosen) >= policy.max_batch:
+            if len(chosen) + 1 >= policy.max_batch:
                 break
             widest = max(longest, window[i].length)
-            if widest * (len(chosen) + 1) > policy.max_batch_tokens:
+            if widest * (len(chosen) + 2) > policy.max_batch_tokens:
                 continue
-            chosen.add(i + 1)
+            chosen.add(i)
             longest = widest
-        self._pending = [item for i, item in enumerate(live) if i not in chosen]
-        return [live[i] for i in sorted(chosen)]
+        # What was not chosen goes back to the head of the queue, in its order.
+        pending.extendleft(reversed([item for i, item in enumerate(window) if i not in chosen]))
+        return [anchor] + [window[i] for i in sorted(chosen)]
 
     def _run(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
