@@ -33,10 +33,17 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def _choices(allowed: tuple[str, ...]):
+def _choices(allowed: tuple[str, ...], layouts: bool = False):
+    def known(value: str) -> bool:
+        if not layouts or "@" not in value:
+            return value in allowed
+        name, _, layout = value.partition("@")
+        workers, _, threads = layout.partition("x")
+        return name in allowed and name != "default" and workers.isdigit() and threads.isdigit()
+
     def parse(text: str) -> list[str]:
         values = [v.strip() for v in text.split(",") if v.strip()]
-        unknown = [v for v in values if v not in allowed]
+        unknown = [v for v in values if not known(v)]
         if unknown or not values:
             raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {', '.join(allowed)}")
         return values
@@ -68,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=None, help="measurements per scenario (default 3; 1 with --quick)")
     parser.add_argument("--scenarios", type=_choices(SCENARIOS), default=list(SCENARIOS),
                         help="comma-separated subset of: " + ",".join(SCENARIOS))
-    parser.add_argument("--policies", type=_choices(POLICIES), default=["sequence", "batch", "hybrid"],
-                        help="one server per batching policy ('default': no --batch-policy flag)")
+    parser.add_argument("--policies", type=_choices(POLICIES, layouts=True),
+                        default=["sequence", "sequence@1x2", "batch", "hybrid"],
+                        help="one server per batching policy ('default': no --batch-policy flag; "
+                             "NAME@WxT: also --workers W --intra-op-threads T)")
     parser.add_argument("--server-args", default="",
                         help="extra flags for every server, e.g. \"--workers 1 --intra-op-threads 2\"")
     parser.add_argument("--threads", type=int, default=None, help="CPUs to use (default: those usable by the process)")

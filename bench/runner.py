@@ -27,6 +27,18 @@ from .server_proc import BenchServer, RssSampler
 from .stats import percentile
 
 
+def policy_flags(policy: str) -> list[str]:
+    """Server flags for a policy token: `default`, `NAME`, or `NAME@WxT` (W workers x T threads)."""
+    if policy == "default":
+        return []
+    name, _, layout = policy.partition("@")
+    flags = ["--batch-policy", name]
+    if layout:
+        workers, _, threads = layout.partition("x")
+        flags += ["--workers", workers, "--intra-op-threads", threads]
+    return flags
+
+
 @dataclass
 class Options:
     corpus: Corpus
@@ -224,7 +236,7 @@ def run(options: Options) -> Results:
         want_grpc = bool(options.scenarios & {"grpc", "latency"})
         if want_servers:
             for policy in options.policies:
-                args = list(options.server_args) + ([] if policy == "default" else ["--batch-policy", policy])
+                args = list(options.server_args) + policy_flags(policy)
                 server = BenchServer(policy, options.model_dir.parent, options.model_dir.name,
                                      work_dir / f"data-{policy}", args, grpc=want_grpc)
                 log(f"starting server [{policy}]: {shlex.join(server.cmd[1:])}")
