@@ -148,17 +148,16 @@ class Scheduler:
                 raise Overloaded(f"model [{self.name}] is overloaded: its queue is full, retry later")
             self._pending.extend(_Item(job, slot, seq) for slot, seq in enumerate(seqs))
             self._cond.notify(min(len(seqs), self._workers_wanted))
+        # A plain timer rather than asyncio.wait_for: no extra task or waiter per request.
+        timer = None
+        if deadline is not None:
+            timer = job.loop.call_later(max(0.0, deadline - time.monotonic()), _set_exception, job,
+                                        DeadlineExceeded("the request's deadline passed before it was computed"))
         try:
-            if deadline is None:
-                return await job.future
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                raise DeadlineExceeded("the request's deadline passed before it was computed")
-            try:
-                return await asyncio.wait_for(job.future, timeout)
-            except asyncio.TimeoutError:
-                raise DeadlineExceeded("the request's deadline passed before it was computed") from None
+            return await job.future
         finally:
+            if timer is not None:
+                timer.cancel()
             # The caller is gone (cancelled, timed out): workers skip whatever is still queued.
             if not job.future.done():
                 job.future.cancel()

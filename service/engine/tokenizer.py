@@ -33,7 +33,11 @@ class TextTokenizer:
 
     def encode(self, texts: list[str], *, truncate: bool = True) -> list[TokenizedText]:
         """Tokenize a batch (in Rust, in parallel). Raise InputTooLong when truncation is off."""
-        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=True)
+        # encode_batch hands work to a thread pool: worth it for many texts, not for one.
+        if len(texts) == 1:
+            encodings = [self._tokenizer.encode(texts[0], add_special_tokens=True)]
+        else:
+            encodings = self._tokenizer.encode_batch(texts, add_special_tokens=True)
         out: list[TokenizedText] = []
         for index, encoding in enumerate(encodings):
             if not truncate and encoding.overflowing:
