@@ -99,27 +99,28 @@ class Authenticator:
     # -- checking ----------------------------------------------------------------------------
     def authenticate(self, authorization: str | None) -> str:
         """The principal's name, or Unauthenticated. Blocks for a password hash on a cache miss."""
-        if not self.enabled:
-            return ANONYMOUS
-        digest = self._digest(authorization)
-        cached = self._cached(digest)
-        if cached is not None:
-            return cached
+        known, digest = self._known(authorization)
+        if known is not None:
+            return known
         principal = self._verify(authorization)
         self._remember(digest, principal)
         return principal
 
     async def check(self, authorization: str | None) -> str:
         """`authenticate` for the event loop: a cache miss hashes in a thread, off the loop."""
-        if not self.enabled:
-            return ANONYMOUS
-        digest = self._digest(authorization)
-        cached = self._cached(digest)
-        if cached is not None:
-            return cached
+        known, digest = self._known(authorization)
+        if known is not None:
+            return known
         principal = await asyncio.get_running_loop().run_in_executor(None, self._verify, authorization)
         self._remember(digest, principal)
         return principal
+
+    def _known(self, authorization: str | None) -> tuple[str | None, bytes]:
+        """(principal, digest) without hashing any secret: open server or cached success."""
+        if not self.enabled:
+            return ANONYMOUS, b""
+        digest = self._digest(authorization)
+        return self._cached(digest), digest
 
     @staticmethod
     def _digest(authorization: str | None) -> bytes:
