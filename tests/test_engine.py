@@ -123,7 +123,8 @@ def test_expired_work_is_dropped_not_computed(model_repo: Path) -> None:
     try:
         async def run() -> None:
             blocker = asyncio.ensure_future(m.embed(["keep the worker busy " * 40] * 200))
-            await asyncio.sleep(0.01)
+            while m.scheduler.queued + m.scheduler.stats.sequences < 150:  # tokenized in a thread: wait until queued
+                await asyncio.sleep(0.001)
             with pytest.raises(DeadlineExceeded):
                 await m.embed(["too late"] * 50, EmbedOptions(deadline=time.monotonic() + 0.001))
             await blocker
