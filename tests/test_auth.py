@@ -196,3 +196,20 @@ def test_openai_sdk_with_an_api_key(locked_server: tuple[ServerProcess, Secrets]
     bad = OpenAI(base_url=proc.url + "/v1", api_key="sk-not-ours", max_retries=0)
     with pytest.raises(AuthenticationError):
         bad.embeddings.create(model=TINY, input="hi")
+
+
+def test_elasticsearch_client_with_each_scheme(locked_server: tuple[ServerProcess, Secrets]) -> None:
+    from elasticsearch import AuthenticationException, Elasticsearch
+
+    proc, s = locked_server
+    for options in ({"api_key": s.encoded}, {"api_key": (s.key_id, s.api_key)}, {"bearer_auth": s.token},
+                    {"basic_auth": ("alice", PASSWORD)}):
+        with Elasticsearch(proc.url, max_retries=0, **options) as es:
+            assert es.info()["tagline"], options
+            body = es.inference.text_embedding(inference_id=TINY, input="authenticated")
+            assert len(body["text_embedding"]) == 1
+    with Elasticsearch(proc.url, max_retries=0, api_key=(s.key_id, "wrong")) as es:
+        assert not es.ping()
+        with pytest.raises(AuthenticationException) as info:
+            es.inference.text_embedding(inference_id=TINY, input="refused")
+        assert info.value.body["error"]["root_cause"][0]["type"] == "security_exception"

@@ -13,7 +13,7 @@ from ..config import Settings
 from ..engine.errors import EngineError
 from ..engine.repository import ModelRepository
 from ..metrics import RequestMetrics
-from . import openai, ops
+from . import elastic, openai, ops
 from .auth import ES_CHALLENGES, OPENAI_CHALLENGES, auth_context, auth_middleware
 from .errors import es_body, openai_body
 from .jsonio import json_response
@@ -96,8 +96,10 @@ def create_app(settings: Settings, extra_contexts: tuple[Callable[[web.Applicati
     app[METRICS] = RequestMetrics()
     app.cleanup_ctx.append(auth_context(settings))
     app.cleanup_ctx.append(repository_context(settings))
+    app.cleanup_ctx.append(elastic.store_context(settings))
     app.cleanup_ctx.extend(extra_contexts)
     app.on_response_prepare.append(_add_product_header)
     ops.add_routes(app)
     openai.add_routes(app)
+    elastic.add_routes(app)
     return app

@@ -5,13 +5,14 @@ from aiohttp import web
 
 from ..auth import Authenticator
 from ..config import Settings
+from ..endpoint_store import EndpointStore
 from ..engine.repository import ModelRepository
 from ..metrics import RequestMetrics
 from ..targets import EndpointLookup
 
 SETTINGS = web.AppKey("settings", Settings)
 REPOSITORY = web.AppKey("repository", ModelRepository)
-ENDPOINTS = web.AppKey("endpoints", EndpointLookup)
+ENDPOINTS = web.AppKey("endpoints", EndpointStore)
 METRICS = web.AppKey("metrics", RequestMetrics)
 AUTH = web.AppKey("auth", Authenticator)
 # Who made the request (set by the auth middleware).

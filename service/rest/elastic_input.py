@@ -1,0 +1,145 @@
+"""Parsing of the Elasticsearch inference request body: `input`, `content` objects, `input_type`,
+`task_settings`, and the `?timeout=` parameter. No I/O: values in, validated values or errors out."""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..api_errors import IllegalArgument, MalformedBody, ValidationFailed
+from ..engine.errors import InvalidInput
+
+INPUT_TYPES = ("search", "ingest", "classification", "clustering", "unspecified")
+BODY_FIELDS = frozenset({"input", "input_type", "task_settings"})
+TASK_SETTINGS = frozenset({"input_type"})
+_DATA_URI = re.compile(r"^data:([A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+);base64,(.*)$", re.S)
+_DATA_URI_REASON = "base64 inputs must be specified as data URIs with the format [data:{MIME-type};base64,...]"
+_TIME = re.compile(r"^(\d+)(nanos|micros|ms|s|m|h|d)$")
+_SECONDS = {"nanos": 1e-9, "micros": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One top-level input: one embedding. `parts` > 1 only for a multi-item content array."""
+
+    kind: str  # "text" or "image"
+    value: str  # the text, or the decoded image's MIME type
+    image: bytes | None = None
+    parts: int = 1
+
+
+def _content_part(raw: Any, where: str, max_image_bytes: int) -> Item:
+    if not isinstance(raw, dict):
+        raise MalformedBody(f"{where} must be an object with [type] and [value]")
+    unknown = set(raw) - {"type", "format", "value"}
+    if unknown:
+        raise MalformedBody(f"{where} has unknown fields {sorted(unknown)}")
+    kind, value, fmt = raw.get("type"), raw.get("value"), raw.get("format")
+    if not isinstance(kind, str) or kind.lower() not in ("text", "image"):
+        raise IllegalArgument(f"{where}: [type] must be [text] or [image], not [{kind}]")
+    kind = kind.lower()
+    if not isinstance(value, str):
+        raise ValidationFailed(f"Validation Failed: 1: {where}: Field [value] must be a string;")
+    if fmt is not None and not isinstance(fmt, str):
+        raise MalformedBody(f"{where}: [format] must be a string")
+    fmt = (fmt or ("text" if kind == "text" else "base64")).lower()
+    if fmt not in ("text", "base64"):
+        raise IllegalArgument(f"{where}: [format] must be [text] or [base64], not [{fmt}]")
+    if kind == "text":
+        if fmt != "text":
+            raise IllegalArgument(f"{where}: text content must use format [text], not [{fmt}]")
+        return Item("text", value)
+    if fmt != "base64":
+        raise IllegalArgument(f"{where}: image content must use format [base64], not [{fmt}]")
+    match = _DATA_URI.match(value)
+    if match is None:
+        raise IllegalArgument(_DATA_URI_REASON)
+    try:
+        image = base64.b64decode(match.group(2), validate=True)
+    except (binascii.Error, ValueError):
+        raise IllegalArgument(f"{where}: the data URI's payload is not valid base64") from None
+    if not image:
+        raise IllegalArgument(f"{where}: the image is empty")
+    if len(image) > max_image_bytes:
+        raise IllegalArgument(f"{where}: the image has {len(image)} bytes; the limit is {max_image_bytes}")
+    return Item("image", match.group(1), image=image)
+
+
+def _content(raw: Any, where: str, max_image_bytes: int) -> Item:
+    if isinstance(raw, list):
+        if not raw:
+            raise ValidationFailed(f"Validation Failed: 1: {where}: Field [content] cannot be an empty array;")
+        parts = [_content_part(p, f"{where}[{i}]", max_image_bytes) for i, p in enumerate(raw)]
+        if len(parts) == 1:
+            return parts[0]
+        return Item(parts[0].kind, parts[0].value, parts[0].image, parts=len(parts))
+    return _content_part(raw, where, max_image_bytes)
+
+
+def parse_input(value: Any, *, allow_content: bool, max_inputs: int, max_chars: int,
+                max_image_bytes: int) -> list[Item]:
+    if value is None:
+        raise ValidationFailed("Validation Failed: 1: Field [input] cannot be null;", param="input")
+    raw_items = value if isinstance(value, list) else [value]
+    if not raw_items:
+        raise ValidationFailed("Validation Failed: 1: Field [input] cannot be an empty array;", param="input")
+    if len(raw_items) > max_inputs:
+        raise IllegalArgument(f"[input] has {len(raw_items)} items; the limit is {max_inputs}", param="input")
+    items = []
+    for index, raw in enumerate(raw_items):
+        if isinstance(raw, str):
+            if len(raw) > max_chars:
+                raise IllegalArgument(f"input[{index}] has {len(raw)} characters; the limit is {max_chars}")
+            items.append(Item("text", raw))
+        elif allow_content and isinstance(raw, dict):
+            if set(raw) != {"content"}:
+                raise MalformedBody(f"input[{index}] must be a string or an object with only [content]")
+            item = _content(raw["content"], f"input[{index}].content", max_image_bytes)
+            if item.kind == "text" and len(item.value) > max_chars:
+                raise IllegalArgument(f"input[{index}] has {len(item.value)} characters; the limit is {max_chars}")
+            items.append(item)
+        else:
+            allowed = "a string or a content object" if allow_content else "a string"
+            raise MalformedBody(f"input[{index}] must be {allowed}, not {type(raw).__name__}", param="input")
+    return items
+
+
+def _input_type(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise MalformedBody(f"[{where}] must be a string")
+    lowered = value.lower()
+    if lowered not in INPUT_TYPES:
+        raise InvalidInput(f"Unrecognized input_type [{value}]", param="input_type")
+    return lowered
+
+
+def parse_input_type(body: dict[str, Any]) -> str | None:
+    """The root `input_type` wins over `task_settings.input_type`. `unspecified` is kept (not None):
+    it overrides an endpoint's default input type with no prompt."""
+    settings = body.get("task_settings")
+    if settings is not None:
+        if not isinstance(settings, dict):
+            raise MalformedBody("[task_settings] must be an object")
+        unknown = set(settings) - TASK_SETTINGS
+        if unknown:
+            raise IllegalArgument(f"[task_settings] has unknown settings {sorted(unknown)}")
+    chosen = _input_type(body.get("input_type"), "input_type") or _input_type((settings or {}).get("input_type"),
+                                                                               "task_settings.input_type")
+    return chosen
+
+
+def parse_timeout(value: str | None, default: float) -> tuple[float | None, str]:
+    """(seconds or None for no limit, the text to echo in a timeout message)."""
+    if value is None or value == "0":
+        return default, f"{default:g}s"
+    if value == "-1":
+        return None, value
+    match = _TIME.match(value.strip())
+    if match is None:
+        raise IllegalArgument(f"failed to parse setting [timeout] with value [{value}] as a time value: "
+                              "unit is missing or unrecognized", param="timeout")
+    return int(match.group(1)) * _SECONDS[match.group(2)], value
