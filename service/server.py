@@ -9,6 +9,7 @@ import time
 from aiohttp import web
 
 from .config import Settings
+from .grpc.server import grpc_context
 from .rest.app import create_app
 
 log = logging.getLogger("ortembed")
@@ -16,7 +17,8 @@ log = logging.getLogger("ortembed")
 
 async def serve(settings: Settings) -> None:
     started = time.perf_counter()
-    app = create_app(settings)
+    contexts = (grpc_context(settings),) if settings.grpc_port > 0 else ()
+    app = create_app(settings, extra_contexts=contexts)
     # handler_cancellation: a client that disconnects cancels its handler, and with it the
     # queued work (the scheduler skips sequences whose caller is gone).
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)

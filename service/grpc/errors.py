@@ -1,0 +1,30 @@
+"""The gRPC transport's one table: each failure to a status code (SPEC section 3)."""
+from __future__ import annotations
+
+import grpc
+
+from ..api_errors import PayloadTooLarge, Unauthenticated
+from ..engine.errors import DeadlineExceeded, EngineError, InvalidInput, ModelNotFound, NotReady, Overloaded
+
+ERROR_TABLE: dict[type[Exception], grpc.StatusCode] = {
+    EngineError: grpc.StatusCode.INTERNAL,
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    PayloadTooLarge: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_of(error: Exception) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        code = ERROR_TABLE.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def message_of(error: Exception) -> str:
+    return getattr(error, "message", None) or str(error) or type(error).__name__
