@@ -42,8 +42,12 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
 
     # -- shared --------------------------------------------------------------------------
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
+        """Check the `authorization` metadata; a failure ends the call with UNAUTHENTICATED."""
         metadata = dict(context.invocation_metadata() or ())
-        await self.auth.check(metadata.get("authorization"))
+        try:
+            await self.auth.check(metadata.get("authorization"))
+        except EngineError as exc:
+            await context.abort(status_of(exc), message_of(exc))
 
     def _call(self, request: pb.EmbedRequest, deadline: float | None) -> EmbedRequest:
         if not request.model:
@@ -94,19 +98,16 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
 
     # -- RPCs ----------------------------------------------------------------------------
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        await self._authenticate(context)
         try:
-            await self._authenticate(context)
             return await self._embed(request, self._deadline(context))
         except EngineError as exc:
             await context.abort(status_of(exc), message_of(exc))
-            raise  # abort raises; this line is never reached
+            raise  # context.abort always raises; this keeps type checkers content
 
     async def EmbedStream(self, requests: AsyncIterator[pb.EmbedRequest],
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EmbedStreamResponse]:
-        try:
-            await self._authenticate(context)
-        except EngineError as exc:
-            await context.abort(status_of(exc), message_of(exc))
+        await self._authenticate(context)
         pending: asyncio.Queue[asyncio.Task[pb.EmbedStreamResponse] | None] = asyncio.Queue(_STREAM_WINDOW)
 
         async def one(request: pb.EmbedRequest) -> pb.EmbedStreamResponse:
@@ -132,10 +133,7 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
             feeding.cancel()
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        try:
-            await self._authenticate(context)
-        except EngineError as exc:
-            await context.abort(status_of(exc), message_of(exc))
+        await self._authenticate(context)
         models = []
         for model in self.repository.models():
             m = model.manifest
@@ -146,10 +144,7 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
 
     async def ListEndpoints(self, request: pb.ListEndpointsRequest,
                             context: grpc.aio.ServicerContext) -> pb.ListEndpointsResponse:
-        try:
-            await self._authenticate(context)
-        except EngineError as exc:
-            await context.abort(status_of(exc), message_of(exc))
+        await self._authenticate(context)
         endpoints = [pb.Endpoint(inference_id=m.name, task_type="text_embedding", model_id=m.name,
                                  element_type=pb.ELEMENT_TYPE_FLOAT, dimensions=m.manifest.dimensions,
                                  similarity=m.manifest.similarity) for m in self.repository.models()]
