@@ -192,6 +192,12 @@ async def _run(port: int, call: EmbedCall, model: str, groups: Sequence[Sequence
         return await closed_loop(payloads, clients, send, time_limit, record_latency)
 
 
+def batch_load(port: int, call: EmbedCall, model: str, texts: Sequence[str], batch: int, clients: int, dims: int,
+               time_limit: float) -> LoadResult:
+    groups = [list(texts[i:i + batch]) for i in range(0, len(texts), batch)]
+    return asyncio.run(_run(port, call, model, groups, clients, dims, time_limit, False))
+
+
 def single_load(port: int, call: EmbedCall, model: str, texts: Sequence[str], clients: int, dims: int,
                 time_limit: float) -> LoadResult:
     return asyncio.run(_run(port, call, model, [[t] for t in texts], clients, dims, time_limit, False))

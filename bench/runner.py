@@ -284,6 +284,12 @@ def run(options: Options) -> Results:
                             s.port, model, corpus.texts, options.single_clients, dims, options.unit_timeout),
                             options.cpus)))
                 if "grpc" in options.scenarios and call is not None:
+                    for clients in options.rest_concurrency:
+                        units.append(Unit(
+                            f"grpc/{policy}/batch{options.rest_batch}_c{clients}",
+                            lambda s=server, c=clients, call=call: _server_unit(s, lambda: grpc_load.batch_load(
+                                s.grpc_port, call, model, corpus.texts, options.rest_batch, c, dims,
+                                options.unit_timeout), options.cpus)))
                     units.append(Unit(
                         f"grpc/{policy}/single_c{options.single_clients}",
                         lambda s=server, call=call: _server_unit(s, lambda: grpc_load.single_load(
