@@ -37,9 +37,14 @@ def test_served_default_model_agrees_with_fp32_on_shared_corpus(server: ServerPr
     reference = _reference(texts)
     cosine = (served * reference).sum(axis=1) / (
         np.linalg.norm(served, axis=1) * np.linalg.norm(reference, axis=1))
-    print(f"shared corpus fidelity: n={len(texts)} mean={cosine.mean():.5f} min={cosine.min():.5f}")
+    from export.validate import top10_overlap
+
+    overlap = top10_overlap(served, reference)
+    print(f"shared corpus fidelity: n={len(texts)} mean={cosine.mean():.5f} min={cosine.min():.5f} top10={overlap:.4f}")
     assert cosine.mean() >= 0.99
     assert cosine.min() >= 0.97
+    # The goal of the quantization issue for the served default, on texts it was not calibrated on.
+    assert cosine.mean() >= 0.995 and cosine.min() >= 0.98 and overlap >= 0.95
 
 
 def test_default_model_serves_384_normalized_dimensions(server: ServerProcess, default_model: str) -> None:
