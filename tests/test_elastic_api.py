@@ -152,6 +152,46 @@ def test_get_forms_always_answer_a_list(es: Elasticsearch, server: ServerProcess
     es.inference.delete(task_type="text_embedding", inference_id=stored)
 
 
+@pytest.mark.parametrize("body, reason", [
+    ({"service": 5, "service_settings": {"model_id": TINY}}, "[service] must be a string, not a number"),
+    ({"service": "ortembed", "service_settings": [TINY]}, "[service_settings] must be an object, not an array"),
+    ({"service": "ortembed", "service_settings": {"model_id": [TINY]}},
+     "[service_settings.model_id] must be a string, not an array"),
+    ({"service": "ortembed", "service_settings": {"model_id": TINY, "dimensions": True}},
+     "[service_settings.dimensions] must be an integer, not a boolean"),
+    ({"service": "ortembed", "service_settings": {"model_id": TINY, "dimensions": "16"}},
+     "[service_settings.dimensions] must be an integer, not a string"),
+    ({"service": "ortembed", "service_settings": {"model_id": TINY, "element_type": ["byte"]}},
+     "[service_settings.element_type] must be a string, not an array"),
+    ({"service": "ortembed", "service_settings": {"model_id": TINY}, "chunking_settings": "sentence"},
+     "[chunking_settings] must be an object, not a string"),
+    ({"task_type": 1, "service": "ortembed", "service_settings": {"model_id": TINY}},
+     "[task_type] must be a string, not a number"),
+])
+def test_put_with_a_wrong_json_type_is_a_parse_error(server: ServerProcess, body: dict, reason: str) -> None:
+    inference_id = unique("typed")
+    response = httpx.put(server.url + f"/_inference/{inference_id}", json=body, timeout=30)
+    assert_es_error(response, 400, "x_content_parse_exception", reason)
+    assert httpx.get(server.url + f"/_inference/{inference_id}", timeout=10).status_code == 404  # nothing stored
+
+
+def test_task_type_in_the_path_must_match_the_endpoint(es: Elasticsearch, server: ServerProcess) -> None:
+    inference_id = unique("typed-path")
+    es.inference.put(inference_id=inference_id, task_type="embedding", inference_config={
+        "service": "ortembed", "service_settings": {"model_id": TINY}})
+    mismatch = (f"Requested task type [text_embedding] does not match the inference endpoint's task type "
+                "[embedding]")
+    for method in ("GET", "DELETE"):
+        response = httpx.request(method, server.url + f"/_inference/text_embedding/{inference_id}", timeout=30)
+        assert_es_error(response, 400, "status_exception", mismatch)
+    assert es.inference.get(task_type="embedding", inference_id=inference_id)["endpoints"][0]["task_type"] == "embedding"
+    unknown = httpx.delete(server.url + f"/_inference/sparkly/{inference_id}", timeout=30)
+    assert_es_error(unknown, 400, "status_exception", "Unknown task_type [sparkly]")
+    es.inference.delete(task_type="embedding", inference_id=inference_id)
+    with pytest.raises(NotFoundError):
+        es.inference.get(inference_id=inference_id)
+
+
 def test_put_errors(es: Elasticsearch, server: ServerProcess) -> None:
     taken = unique("taken")
     config = {"service": "ortembed", "service_settings": {"model_id": TINY}}
@@ -175,6 +215,7 @@ def test_put_errors(es: Elasticsearch, server: ServerProcess) -> None:
                     400, "illegal_argument_exception")
     assert_es_error(put("Bad/Id", config), 404, "resource_not_found_exception")  # a path with one more segment
     assert_es_error(put("UPPER", config), 400, "illegal_argument_exception")
+    assert_es_error(put("ends-with-dash-", config), 400, "illegal_argument_exception")
     assert_es_error(put(unique("x"), {"service": "ortembed"}), 400, "action_request_validation_exception")
     response = httpx.put(server.url + f"/_inference/rerank/{unique('x')}", json=config, timeout=30)
     assert_es_error(response, 400, "status_exception")
@@ -191,7 +232,19 @@ def test_put_errors(es: Elasticsearch, server: ServerProcess) -> None:
     (f"/_inference/{TINY}", {}, 400, "action_request_validation_exception",
      "Validation Failed: 1: Field [input] cannot be null;"),
     (f"/_inference/{TINY}", {"input": "x", "extra": 1}, 400, "x_content_parse_exception", None),
-    (f"/_inference/{TINY}", {"input": 5}, 400, "x_content_parse_exception", None),
+    (f"/_inference/{TINY}", {"input": 5}, 400, "x_content_parse_exception", "input[0] must be a string, not a number"),
+    (f"/_inference/{TINY}", {"input": ["x", None]}, 400, "x_content_parse_exception",
+     "input[1] must be a string, not null"),
+    (f"/_inference/{TINY}", {"input": "x", "input_type": ["search"]}, 400, "x_content_parse_exception", None),
+    (f"/_inference/embedding/{TINY}", {"input": {"content": {"type": 5, "value": "x"}}}, 400,
+     "x_content_parse_exception", "input[0].content: [type] must be a string, not a number"),
+    (f"/_inference/embedding/{TINY}", {"input": {"content": {"type": "text", "value": ["x"]}}}, 400,
+     "x_content_parse_exception", "input[0].content: [value] must be a string, not an array"),
+    (f"/_inference/embedding/{TINY}", {"input": {"content": {"value": "x"}}}, 400,
+     "action_request_validation_exception", "Validation Failed: 1: input[0].content: Field [type] cannot be null;"),
+    (f"/_inference/embedding/{TINY}", {"input": {"content": []}}, 400, "action_request_validation_exception", None),
+    (f"/_inference/embedding/{TINY}", {"input": {"content": {"type": "image", "value": "data:image/png;base64,"}}},
+     400, "illegal_argument_exception", None),
     (f"/_inference/{TINY}", {"input": "x", "input_type": "internal_search"}, 400, "status_exception",
      "Unrecognized input_type [internal_search]"),
     (f"/_inference/{TINY}", {"input": "x", "task_settings": {"input_type": "bogus"}}, 400, "status_exception",
@@ -240,14 +293,19 @@ def test_malformed_json_and_generic_parameters(server: ServerProcess) -> None:
     assert ok.status_code == 200 and ok.headers["content-type"].startswith("application/json")
 
 
-@pytest.mark.parametrize("value", ["30s", "500ms", "2m", "-1", "0", "1h"])
+@pytest.mark.parametrize("value", ["30s", "500ms", "2m", "-1", "0", "1h", "0s", "30S", "1M", "9" * 400 + "d"])
 def test_timeout_values(server: ServerProcess, value: str) -> None:
     assert post(server, f"/_inference/{TINY}", {"input": "x"}, timeout=value).status_code == 200
 
 
-@pytest.mark.parametrize("value", ["5", "1.5s", "abc", "10 s"])
-def test_bad_timeout_values(server: ServerProcess, value: str) -> None:
-    assert_es_error(post(server, f"/_inference/{TINY}", {"input": "x"}, timeout=value), 400, "illegal_argument_exception")
+@pytest.mark.parametrize("value, problem", [
+    ("5", "unit is missing or unrecognized"), ("abc", "unit is missing or unrecognized"),
+    ("10 s", "unit is missing or unrecognized"), ("", "unit is missing or unrecognized"),
+    ("1.5s", "fractional time values are not supported"), ("-5s", "negative durations are not supported"),
+])
+def test_bad_timeout_values(server: ServerProcess, value: str, problem: str) -> None:
+    assert_es_error(post(server, f"/_inference/{TINY}", {"input": "x"}, timeout=value), 400, "illegal_argument_exception",
+                    f"failed to parse setting [timeout] with value [{value}] as a time value: {problem}")
 
 
 def test_expired_requests_get_408_and_are_not_computed(server: ServerProcess) -> None:

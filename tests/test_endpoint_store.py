@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from service.api_errors import EndpointExists, EndpointNotFound, IllegalArgument
-from service.endpoint_store import EndpointStore
+from service.endpoint_store import MAX_ID_LENGTH, EndpointStore
 from tests.conftest import TINY
 from tests.server import ServerProcess
 
@@ -37,19 +38,57 @@ def test_round_trip_and_settings(tmp_path: Path) -> None:
     assert EndpointStore(tmp_path).list() == []
 
 
+def test_a_write_is_one_whole_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    store = EndpointStore(tmp_path)
+    for name in ("one", "two.v2", "x" * MAX_ID_LENGTH):  # the longest id still fits a file name
+        store.put(config(name))
+        assert json.loads((tmp_path / f"{name}.json").read_text()) == config(name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.json" for n in ("one", "two.v2", "x" * MAX_ID_LENGTH))
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = EndpointStore(tmp_path)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", disk_full)
+        with pytest.raises(OSError):
+            store.put(config("unlucky"))
+    assert list(tmp_path.iterdir()) == [] and store.get("unlucky") is None
+    store.put(config("unlucky"))  # nothing half-done blocks a retry
+    assert EndpointStore(tmp_path).get("unlucky") == config("unlucky")
+
+
 def test_temporary_and_broken_files_are_never_loaded(tmp_path: Path) -> None:
     EndpointStore(tmp_path).put(config("good"))
     (tmp_path / ".half.json.abc.tmp").write_text('{"inference_id": "half"')  # an interrupted write
     (tmp_path / "broken.json").write_text('{"inference_id": "bro')
     (tmp_path / "renamed.json").write_text(json.dumps(config("other-name")))
     (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    (tmp_path / "no-settings.json").write_text(json.dumps({"inference_id": "no-settings"}))
+    odd = config("odd-element")
+    odd["service_settings"]["element_type"] = "half"
+    (tmp_path / "odd-element.json").write_text(json.dumps(odd))
+    (tmp_path / "Upper.json").write_text(json.dumps(config("Upper")))
     store = EndpointStore(tmp_path)
     assert [c["inference_id"] for c in store.list()] == ["good"]
-    assert set(store.skipped) == {"broken.json", "renamed.json", "list.json"}
+    assert set(store.skipped) == {"broken.json", "renamed.json", "list.json", "binary.json", "no-settings.json",
+                                  "odd-element.json", "Upper.json"}
+    assert store.target_settings("no-settings") is None
     assert not list(tmp_path.glob(".*.tmp"))  # leftovers cleaned
 
 
-@pytest.mark.parametrize("bad", ["", "UPPER", "a/b", "../etc", ".hidden", "x" * 300, "sp ace", "a..b"])
+def test_files_stored_under_a_looser_id_rule_still_load(tmp_path: Path) -> None:
+    # Ids are checked strictly on PUT; loading only needs a safe file name, so no stored endpoint is dropped.
+    (tmp_path / "ends-with-dash-.json").write_text(json.dumps(config("ends-with-dash-")))
+    assert EndpointStore(tmp_path).get("ends-with-dash-") == config("ends-with-dash-")
+
+
+@pytest.mark.parametrize("bad", ["", "UPPER", "a/b", "../etc", ".hidden", "x" * (MAX_ID_LENGTH + 1), "sp ace",
+                                 "a..b", "a-", "_a", "a.", "tab\t", "nul\x00", "caf\u00e9", "a\\b"])
 def test_ids_must_be_path_safe(tmp_path: Path, bad: str) -> None:
     with pytest.raises(IllegalArgument):
         EndpointStore(tmp_path).put(config(bad))
@@ -70,8 +109,17 @@ def test_concurrent_puts_and_deletes(tmp_path: Path) -> None:
             except EndpointNotFound:
                 return "lost race"
 
+    def read(_: int) -> None:
+        # Listings race the writers: each sees one whole snapshot (no KeyError, no "changed size").
+        for _ in range(300):
+            listed = store.list()
+            assert len({e["inference_id"] for e in listed}) == len(listed)
+
     with ThreadPoolExecutor(16) as pool:
+        readers = [pool.submit(read, n) for n in range(4)]
         list(pool.map(work, ids))
+        for reader in readers:
+            reader.result()
     on_disk = {p.stem for p in tmp_path.glob("*.json")}
     assert on_disk == {c["inference_id"] for c in store.list()}
     assert {c["inference_id"] for c in EndpointStore(tmp_path).list()} == on_disk

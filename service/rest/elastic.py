@@ -16,7 +16,7 @@ from ..engine.encodings import ELEMENT_TYPES
 from ..engine.errors import DeadlineExceeded, InvalidInput, UnsupportedModality
 from ..engine.repository import ModelRepository
 from ..targets import Target
-from .elastic_input import BODY_FIELDS, parse_input, parse_input_type, parse_timeout
+from .elastic_input import BODY_FIELDS, json_type, parse_input, parse_input_type, parse_timeout
 from .jsonio import json_response, read_json
 from .keys import ENDPOINTS, REPOSITORY, SETTINGS
 
@@ -59,11 +59,23 @@ def _store(request: web.Request) -> EndpointStore:
 
 
 def _check_task_type(task_type: str, endpoint_task_type: str | None = None) -> None:
-    if task_type not in KNOWN_TASK_TYPES:
-        raise UnknownTaskType(f"Unknown task_type [{task_type}]")
+    """For inference and PUT: a known task type this server computes (a dense one)."""
+    _check_known_task_type(task_type)
     if task_type not in DENSE_TASK_TYPES:
         raise UnknownTaskType(f"Incompatible task_type, the requested type [{task_type}] does not match the "
                               f"model type [{endpoint_task_type or 'text_embedding'}]")
+
+
+def _check_known_task_type(task_type: str) -> None:
+    if task_type not in KNOWN_TASK_TYPES:
+        raise UnknownTaskType(f"Unknown task_type [{task_type}]")
+
+
+def _check_same_task_type(requested: str, endpoint: dict[str, Any]) -> None:
+    """GET and DELETE with a task type in the path address only an endpoint of that type."""
+    if requested != endpoint["task_type"]:
+        raise UnknownTaskType(f"Requested task type [{requested}] does not match the inference endpoint's "
+                              f"task type [{endpoint['task_type']}]")
 
 
 def _model_endpoint(repository: ModelRepository, name: str) -> dict[str, Any]:
@@ -107,8 +119,8 @@ async def _infer(request: web.Request, inference_id: str, route_task: str | None
     settings = request.app[SETTINGS]
     seconds, timeout_text = parse_timeout(request.query.get("timeout"), settings.default_timeout)
     deadline = None if seconds is None else time.monotonic() + seconds
-    if route_task is not None and route_task not in KNOWN_TASK_TYPES:
-        raise UnknownTaskType(f"Unknown task_type [{route_task}]")
+    if route_task is not None:
+        _check_known_task_type(route_task)
     body = await read_json(request)
     if not isinstance(body, dict):
         raise MalformedBody("the request body must be a JSON object")
@@ -141,43 +153,56 @@ async def post_two(request: web.Request) -> web.Response:
 
 
 # -- endpoint management -----------------------------------------------------------------------
+_JSON_TYPES = {str: "a string", int: "an integer", dict: "an object"}
+
+
+def _field(settings: dict[str, Any], name: str, kind: type, where: str | None = "service_settings") -> Any:
+    """The value of an optional field, or None; a wrong JSON type is a parse error, as in ES."""
+    value = settings.get(name)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        field = f"{where}.{name}" if where else name
+        raise MalformedBody(f"[{field}] must be {_JSON_TYPES[kind]}, not {json_type(value)}", param=name)
+    return value
+
+
 def _endpoint_config(inference_id: str, task_type: str, body: dict[str, Any],
                      repository: ModelRepository) -> dict[str, Any]:
     unknown = sorted(set(body) - PUT_FIELDS)
     if unknown:
         raise MalformedBody(f"[inference_endpoint] unknown field [{unknown[0]}]")
-    service = body.get("service")
-    if not isinstance(service, str) or not service:
+    service = _field(body, "service", str, None)
+    if not service:
         raise ValidationFailed("Validation Failed: 1: Field [service] cannot be null;")
     if service not in SERVICES:
         raise InvalidInput(f"Unknown service [{service}]; this server offers [{SERVICE}] (alias [elasticsearch])")
-    settings = body.get("service_settings")
-    if not isinstance(settings, dict):
+    settings = _field(body, "service_settings", dict, None)
+    if settings is None:
         raise ValidationFailed("Validation Failed: 1: Field [service_settings] cannot be null;")
     extra = sorted(set(settings) - SERVICE_SETTINGS)
     if extra:
         raise InvalidInput(f"Configuration contains settings [{{{', '.join(extra)}}}] unknown to the [{service}] service")
-    model_id = settings.get("model_id")
-    if not isinstance(model_id, str) or not model_id:
+    model_id = _field(settings, "model_id", str)
+    if not model_id:
         raise ValidationFailed("Validation Failed: 1: [service_settings] does not contain the required setting [model_id];")
     if model_id not in repository:
-        raise InvalidInput(f"Unknown model [{model_id}]; the models are {repository.names}")
+        raise InvalidInput(f"Unknown model [{model_id}]; the models are [{', '.join(repository.names)}]")
     manifest = repository.get(model_id).manifest
-    element_type = settings.get("element_type", "float")
+    element_type = _field(settings, "element_type", str) or "float"
     if element_type not in ELEMENT_TYPES:
-        raise IllegalArgument(f"[element_type] must be one of {list(ELEMENT_TYPES)}, not [{element_type}]")
-    dimensions = settings.get("dimensions", manifest.dimensions)
-    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or not manifest.allows_dimensions(dimensions):
+        raise IllegalArgument(f"[element_type] must be one of [{', '.join(ELEMENT_TYPES)}], not [{element_type}]")
+    dimensions = _field(settings, "dimensions", int)
+    dimensions = manifest.dimensions if dimensions is None else dimensions
+    if not manifest.allows_dimensions(dimensions):
         raise IllegalArgument(f"[dimensions] [{dimensions}] is not valid for model [{model_id}] "
                               f"({manifest.dimensions} dimensions)")
     if element_type == "bit" and dimensions % 8:
         raise IllegalArgument(f"[dimensions] must be a multiple of 8 for bit vectors, not [{dimensions}]")
-    similarity = settings.get("similarity", manifest.similarity)
+    similarity = _field(settings, "similarity", str) or manifest.similarity
     if similarity not in SIMILARITIES:
-        raise IllegalArgument(f"[similarity] must be one of {list(SIMILARITIES)}, not [{similarity}]")
+        raise IllegalArgument(f"[similarity] must be one of [{', '.join(SIMILARITIES)}], not [{similarity}]")
     for name in ("num_threads", "num_allocations"):
-        value = settings.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        value = _field(settings, name, int)
+        if value is not None and value < 1:
             raise IllegalArgument(f"[{name}] must be a positive integer")
     config: dict[str, Any] = {
         "inference_id": inference_id, "task_type": task_type, "service": service,
@@ -190,10 +215,8 @@ def _endpoint_config(inference_id: str, task_type: str, body: dict[str, Any],
         config["task_settings"] = {"input_type": parse_input_type({"task_settings": task_settings})}
         if config["task_settings"]["input_type"] is None:
             del config["task_settings"]
-    chunking = body.get("chunking_settings")
+    chunking = _field(body, "chunking_settings", dict, None)
     if chunking is not None:
-        if not isinstance(chunking, dict):
-            raise MalformedBody("[chunking_settings] must be an object")
         config["chunking_settings"] = chunking
     return config
 
@@ -203,12 +226,11 @@ async def _put(request: web.Request, inference_id: str, task_type: str | None) -
     body = await read_json(request)
     if not isinstance(body, dict):
         raise MalformedBody("the request body must be a JSON object")
+    in_body = _field(body, "task_type", str, None)
     if task_type is None:
-        task_type = body.get("task_type") or "text_embedding"
-    elif "task_type" in body and body["task_type"] != task_type:
-        raise IllegalArgument(f"[task_type] [{body['task_type']}] in the body does not match the path's [{task_type}]")
-    if not isinstance(task_type, str):
-        raise MalformedBody("[task_type] must be a string")
+        task_type = in_body or "text_embedding"
+    elif in_body is not None and in_body != task_type:
+        raise IllegalArgument(f"[task_type] [{in_body}] in the body does not match the path's [{task_type}]")
     _check_task_type(task_type)
     repository = request.app[REPOSITORY]
     if inference_id in repository:
@@ -239,13 +261,11 @@ async def get_one(request: web.Request) -> web.Response:
 
 async def get_two(request: web.Request) -> web.Response:
     task_type, name = request.match_info["a"], request.match_info["b"]
-    if task_type not in KNOWN_TASK_TYPES:
-        raise UnknownTaskType(f"Unknown task_type [{task_type}]")
+    _check_known_task_type(task_type)
     if name == "_all":
         return json_response({"endpoints": [e for e in _all_endpoints(request) if e["task_type"] == task_type]})
     endpoint = _endpoint(request, name)
-    if endpoint["task_type"] != task_type:
-        raise EndpointNotFound(name)
+    _check_same_task_type(task_type, endpoint)
     return json_response({"endpoints": [endpoint]})
 
 
@@ -262,8 +282,10 @@ async def delete_one(request: web.Request) -> web.Response:
 
 
 async def delete_two(request: web.Request) -> web.Response:
-    _check_task_type(request.match_info["a"])
-    return await _delete(request, request.match_info["b"])
+    task_type, name = request.match_info["a"], request.match_info["b"]
+    _check_known_task_type(task_type)
+    _check_same_task_type(task_type, _endpoint(request, name))
+    return await _delete(request, name)
 
 
 def store_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -16,8 +16,22 @@ BODY_FIELDS = frozenset({"input", "input_type", "task_settings"})
 TASK_SETTINGS = frozenset({"input_type"})
 _DATA_URI = re.compile(r"^data:([A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+);base64,(.*)$", re.S)
 _DATA_URI_REASON = "base64 inputs must be specified as data URIs with the format [data:{MIME-type};base64,...]"
-_TIME = re.compile(r"^(\d+)(nanos|micros|ms|s|m|h|d)$")
+_TIME = re.compile(r"^(-?\d+)(nanos|micros|ms|s|m|h|d)$")
+_FRACTION = re.compile(r"^-?\d*\.\d+(nanos|micros|ms|s|m|h|d)$")
 _SECONDS = {"nanos": 1e-9, "micros": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# Longer than any process lives: treated as no limit (and keeps 10**400 from overflowing a float).
+_NO_LIMIT_AFTER = 10 * 365 * 86400.0
+
+
+def json_type(value: Any) -> str:
+    """A value's JSON type name, for messages (never Python's class names)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 @dataclass(frozen=True)
@@ -37,13 +51,15 @@ def _content_part(raw: Any, where: str, max_image_bytes: int) -> Item:
     if unknown:
         raise MalformedBody(f"{where} has unknown fields {sorted(unknown)}")
     kind, value, fmt = raw.get("type"), raw.get("value"), raw.get("format")
-    if not isinstance(kind, str) or kind.lower() not in ("text", "image"):
-        raise IllegalArgument(f"{where}: [type] must be [text] or [image], not [{kind}]")
+    for name, field in (("type", kind), ("value", value), ("format", fmt)):
+        if field is not None and not isinstance(field, str):
+            raise MalformedBody(f"{where}: [{name}] must be a string, not {json_type(field)}")
+    if kind is None or value is None:
+        missing = "type" if kind is None else "value"
+        raise ValidationFailed(f"Validation Failed: 1: {where}: Field [{missing}] cannot be null;")
     kind = kind.lower()
-    if not isinstance(value, str):
-        raise ValidationFailed(f"Validation Failed: 1: {where}: Field [value] must be a string;")
-    if fmt is not None and not isinstance(fmt, str):
-        raise MalformedBody(f"{where}: [format] must be a string")
+    if kind not in ("text", "image"):
+        raise IllegalArgument(f"{where}: [type] must be [text] or [image], not [{kind}]")
     fmt = (fmt or ("text" if kind == "text" else "base64")).lower()
     if fmt not in ("text", "base64"):
         raise IllegalArgument(f"{where}: [format] must be [text] or [base64], not [{fmt}]")
@@ -102,7 +118,7 @@ def parse_input(value: Any, *, allow_content: bool, max_inputs: int, max_chars: 
             items.append(item)
         else:
             allowed = "a string or a content object" if allow_content else "a string"
-            raise MalformedBody(f"input[{index}] must be {allowed}, not {type(raw).__name__}", param="input")
+            raise MalformedBody(f"input[{index}] must be {allowed}, not {json_type(raw)}", param="input")
     return items
 
 
@@ -133,13 +149,31 @@ def parse_input_type(body: dict[str, Any]) -> str | None:
 
 
 def parse_timeout(value: str | None, default: float) -> tuple[float | None, str]:
-    """(seconds or None for no limit, the text to echo in a timeout message)."""
-    if value is None or value == "0":
+    """(seconds or None for no limit, the text to echo in a timeout message).
+
+    Elasticsearch's time values: an integer and a unit, any case; `-1` is no limit. A zero
+    duration (`0`, `0s`, ...) means the default, since no request could meet it."""
+    if value is None:
         return default, f"{default:g}s"
-    if value == "-1":
+    value = value.strip()
+    text = value.lower()
+    if text == "-1":
         return None, value
-    match = _TIME.match(value.strip())
+    if text == "0":
+        return default, f"{default:g}s"
+    match = _TIME.match(text)
     if match is None:
+        problem = ("fractional time values are not supported" if _FRACTION.match(text)
+                   else "unit is missing or unrecognized")
+        raise IllegalArgument(f"failed to parse setting [timeout] with value [{value}] as a time value: {problem}",
+                              param="timeout")
+    amount = int(match.group(1))
+    if amount < 0:
         raise IllegalArgument(f"failed to parse setting [timeout] with value [{value}] as a time value: "
-                              "unit is missing or unrecognized", param="timeout")
-    return int(match.group(1)) * _SECONDS[match.group(2)], value
+                              "negative durations are not supported", param="timeout")
+    if amount == 0:
+        return default, f"{default:g}s"
+    if amount > _NO_LIMIT_AFTER * 1e9:  # before float(amount), which overflows past 1e308
+        return None, value
+    seconds = amount * _SECONDS[match.group(2)]
+    return (None if seconds > _NO_LIMIT_AFTER else seconds), value
