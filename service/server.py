@@ -9,7 +9,7 @@ import time
 from aiohttp import web
 
 from .config import Settings
-from .grpc.server import grpc_context
+from .grpc.server import GrpcServer
 from .rest.app import create_app
 
 log = logging.getLogger("ortembed")
@@ -17,8 +17,10 @@ log = logging.getLogger("ortembed")
 
 async def serve(settings: Settings) -> None:
     started = time.perf_counter()
-    contexts = (grpc_context(settings),) if settings.grpc_port > 0 else ()
-    app = create_app(settings, extra_contexts=contexts)
+    grpc_server = GrpcServer(settings) if settings.grpc_port > 0 else None
+    app = create_app(settings, extra_contexts=(grpc_server.context,) if grpc_server else ())
+    if grpc_server is not None:  # NOT_SERVING and draining as soon as shutdown begins, beside REST
+        app.on_shutdown.append(grpc_server.shutdown)
     # handler_cancellation: a client that disconnects cancels its handler, and with it the
     # queued work (the scheduler skips sequences whose caller is gone).
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)

@@ -1,11 +1,17 @@
 """The gRPC transport's one table: each failure to a status code (SPEC section 3)."""
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from ..api_errors import PayloadTooLarge, Unauthenticated
 from ..engine.errors import DeadlineExceeded, EngineError, InvalidInput, ModelNotFound, NotReady, Overloaded
 
+log = logging.getLogger(__name__)
+
+# Looked up along the error's class hierarchy, so subclasses (InputTooLong, EndpointNotFound,
+# IllegalArgument, ...) follow their family. EngineError itself (e.g. InferenceFailed) is ours.
 ERROR_TABLE: dict[type[Exception], grpc.StatusCode] = {
     EngineError: grpc.StatusCode.INTERNAL,
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
@@ -28,3 +34,12 @@ def status_of(error: Exception) -> grpc.StatusCode:
 
 def message_of(error: Exception) -> str:
     return getattr(error, "message", None) or str(error) or type(error).__name__
+
+
+def failure(error: Exception) -> tuple[grpc.StatusCode, str]:
+    """(code, message) for the caller. Anything outside the engine's hierarchy is a bug: it is
+    logged with its traceback and the caller sees INTERNAL without the details."""
+    if isinstance(error, EngineError):
+        return status_of(error), message_of(error)
+    log.error("unhandled error in a gRPC call", exc_info=error)
+    return grpc.StatusCode.INTERNAL, "internal server error"

@@ -1,9 +1,12 @@
-"""The gRPC server as one aiohttp cleanup context: it starts after the models are loaded and
-shares them (and the endpoint store and credentials) with REST, in the same event loop."""
+"""The gRPC server inside the aiohttp app: it starts as a cleanup context after the models are
+loaded and shares them (and the endpoint store, credentials and metrics) with REST, in the same
+event loop. Health: SERVING only once every model is loaded and warmed up; NOT_SERVING from the
+moment shutdown begins (REST and gRPC then drain together)."""
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 import grpc
 from aiohttp import web
@@ -11,35 +14,65 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..config import Settings
-from ..rest.keys import AUTH, ENDPOINTS, REPOSITORY
+from ..rest.keys import AUTH, ENDPOINTS, METRICS, REPOSITORY
 from .gen import embeddings_pb2, embeddings_pb2_grpc
 from .servicer import EmbeddingsServicer
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = embeddings_pb2.DESCRIPTOR.services_by_name["Embeddings"].full_name
+# In-flight calls get this long to finish once shutdown begins; then they are cancelled.
+GRACE_SECONDS = 5.0
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def grpc_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.max_body_bytes),
-                                          ("grpc.max_send_message_length", 256 * 1024 * 1024)])
-        servicer = EmbeddingsServicer(settings, app[REPOSITORY], app[ENDPOINTS], app[AUTH])
+class GrpcServer:
+    """`context` goes into the app's cleanup contexts (after the repository's), `shutdown` into
+    its on_shutdown signal, which aiohttp runs before it waits for REST handlers to finish."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def context(self, app: web.Application) -> AsyncIterator[None]:
+        settings = self.settings
+        self._server = server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+            # gRPC sets SO_REUSEPORT by default: a second server on the same port would then
+            # start "fine" and silently share connections. Fail loudly instead.
+            ("grpc.so_reuseport", 0),
+        ])
+        servicer = EmbeddingsServicer(settings, app[REPOSITORY], app.get(ENDPOINTS), app[AUTH], app[METRICS])
         embeddings_pb2_grpc.add_EmbeddingsServicer_to_server(servicer, server)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        address = f"{settings.grpc_host}:{settings.grpc_port}"
-        server.add_insecure_port(address)
+        port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
         await server.start()
-        # SERVING only once every model is loaded and warmed up (the repository context ran first).
-        status = health_pb2.HealthCheckResponse.SERVING if app[REPOSITORY].ready else \
-            health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, status)
-        log.info("gRPC listening on %s (%s)", address, health_pb2.HealthCheckResponse.ServingStatus.Name(status))
-        yield
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.stop(grace=5)
+        # The repository's context ran first: its models are loaded and warmed up, or it has none.
+        status = _SERVING if app[REPOSITORY].ready else _NOT_SERVING
+        await self._set_health(status)
+        log.info("gRPC listening on %s:%d (%s)", settings.grpc_host, port,
+                 health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+        try:
+            yield
+        finally:
+            await self.shutdown(app)
+            if self._stopping is not None:
+                await self._stopping
 
-    return ctx
+    async def shutdown(self, app: web.Application) -> None:
+        """NOT_SERVING, no new calls, in-flight calls get the grace period. Idempotent."""
+        if self._server is None or self._stopping is not None:
+            return
+        assert self._health is not None
+        await self._health.enter_graceful_shutdown()  # NOT_SERVING for every service, for good
+        self._stopping = asyncio.create_task(self._server.stop(grace=GRACE_SECONDS))
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        assert self._health is not None
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)

@@ -1,139 +1,211 @@
-"""The Embeddings service over the engine: requests to EmbedRequest, results to protobuf."""
+"""The Embeddings service over the engine: protobuf to EmbedRequest, EmbedResult to protobuf.
+
+Errors: a unary call ends with the status from errors.ERROR_TABLE. On EmbedStream a failed
+request is answered in-band (EmbedStreamResponse.error, same code names) and the stream goes
+on, because a stream can end with one status only and one bad item must not stop a bulk
+pipeline; only a failure of the whole call (authentication, a broken stream) ends it.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
-import numpy as np
 
 from ..api_errors import IllegalArgument
 from ..auth import Authenticator
 from ..config import Settings
-from ..embedding import EmbedRequest, EmbedResult, embed
-from ..endpoint_store import EndpointStore
+from ..embedding import EmbedRequest, EmbedResult, embed, find_target
 from ..engine.encodings import ElementType
-from ..engine.errors import EngineError, UnsupportedModality
+from ..engine.errors import UnsupportedModality
 from ..engine.repository import ModelRepository
-from .errors import message_of, status_of
+from ..metrics import RequestMetrics
+from ..targets import EndpointLookup
+from .errors import failure
 from .gen import embeddings_pb2 as pb
 from .gen import embeddings_pb2_grpc as pb_grpc
+from .wire import embeddings_wire
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _ELEMENT_TYPES: dict[int, ElementType | None] = {pb.ELEMENT_TYPE_UNSPECIFIED: None, pb.ELEMENT_TYPE_FLOAT: "float",
                                                  pb.ELEMENT_TYPE_INT8: "byte", pb.ELEMENT_TYPE_BIT: "bit"}
 _ELEMENT_ENUMS = {"float": pb.ELEMENT_TYPE_FLOAT, "byte": pb.ELEMENT_TYPE_INT8, "bit": pb.ELEMENT_TYPE_BIT}
 _INPUT_TYPES = {pb.INPUT_TYPE_UNSPECIFIED: None, pb.INPUT_TYPE_SEARCH: "search", pb.INPUT_TYPE_INGEST: "ingest",
                 pb.INPUT_TYPE_CLASSIFICATION: "classification", pb.INPUT_TYPE_CLUSTERING: "clustering"}
-# Requests of one stream computed at once; more wait their turn (answers stay in order).
-_STREAM_WINDOW = 64
+_TRUNCATION = {pb.TRUNCATION_TRUNCATE: True, pb.TRUNCATION_ERROR: False}
+# Requests of one stream computed at once; the reader waits for room (answers stay in order).
+STREAM_WINDOW = 64
+_SERVICE = pb.DESCRIPTOR.services_by_name["Embeddings"].full_name
 
 
 class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
-    def __init__(self, settings: Settings, repository: ModelRepository, endpoints: EndpointStore,
-                 auth: Authenticator) -> None:
+    def __init__(self, settings: Settings, repository: ModelRepository, endpoints: EndpointLookup | None,
+                 auth: Authenticator, metrics: RequestMetrics) -> None:
         self.settings = settings
         self.repository = repository
         self.endpoints = endpoints
         self.auth = auth
+        self.metrics = metrics
 
-    # -- shared --------------------------------------------------------------------------
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
-        """Check the `authorization` metadata; a failure ends the call with UNAUTHENTICATED."""
-        metadata = dict(context.invocation_metadata() or ())
-        try:
-            await self.auth.check(metadata.get("authorization"))
-        except EngineError as exc:
-            await context.abort(status_of(exc), message_of(exc))
-
-    def _call(self, request: pb.EmbedRequest, deadline: float | None) -> EmbedRequest:
+    # -- one request ---------------------------------------------------------------------
+    def _call(self, request: pb.EmbedRequest, deadline: float) -> EmbedRequest:
         if not request.model:
             raise IllegalArgument("[model] is required", param="model")
         if not request.inputs:
             raise IllegalArgument("[inputs] cannot be empty", param="inputs")
         if len(request.inputs) > self.settings.max_inputs:
-            raise IllegalArgument(f"[inputs] has {len(request.inputs)} items; the limit is {self.settings.max_inputs}")
-        if request.element_type not in _ELEMENT_TYPES or request.input_type not in _INPUT_TYPES:
-            raise IllegalArgument("unknown element_type or input_type value")
+            raise IllegalArgument(f"[inputs] has {len(request.inputs)} items; the limit is {self.settings.max_inputs}",
+                                  param="inputs")
+        # proto3 enums are open: a newer client may send a value this server does not know.
+        for name, value, known in (("element_type", request.element_type, _ELEMENT_TYPES),
+                                   ("input_type", request.input_type, _INPUT_TYPES),
+                                   ("truncation", request.truncation, (pb.TRUNCATION_UNSPECIFIED, *_TRUNCATION))):
+            if value not in known:
+                raise IllegalArgument(f"unknown [{name}] value {value}", param=name)
         texts = []
         for index, item in enumerate(request.inputs):
             kind = item.WhichOneof("kind")
-            if kind != "text":
-                raise UnsupportedModality(f"inputs[{index}] is {'an image' if kind else 'empty'}; model or endpoint "
-                                          f"[{request.model}] accepts text only")
+            if kind == "image":
+                self._refuse_image(request.model, index)
+            if kind is None:
+                raise IllegalArgument(f"inputs[{index}] has neither text nor image", param="inputs")
             if len(item.text) > self.settings.max_input_chars:
                 raise IllegalArgument(f"inputs[{index}] has {len(item.text)} characters; "
-                                      f"the limit is {self.settings.max_input_chars}")
+                                      f"the limit is {self.settings.max_input_chars}", param="inputs")
             texts.append(item.text)
-        truncate = {pb.TRUNCATION_TRUNCATE: True, pb.TRUNCATION_ERROR: False}.get(request.truncation,
-                                                                                  self.settings.truncate)
         return EmbedRequest(name=request.model, texts=texts, input_type=_INPUT_TYPES[request.input_type],
                             dimensions=request.dimensions or None, element_type=_ELEMENT_TYPES[request.element_type],
-                            truncate=truncate, deadline=deadline)
+                            truncate=_TRUNCATION.get(request.truncation, self.settings.truncate), deadline=deadline)
+
+    def _refuse_image(self, name: str, index: int) -> None:
+        # The engine runs text towers only; say what the named model accepts (NOT_FOUND first).
+        manifest = find_target(name, self.repository, self.endpoints).model.manifest
+        if not manifest.accepts_images:
+            raise UnsupportedModality(f"inputs[{index}] is an image, but model [{manifest.name}] accepts "
+                                      f"{manifest.modality} only")
+        raise UnsupportedModality(f"inputs[{index}] is an image; model [{manifest.name}] has an image tower, "
+                                  "but this server embeds text only")
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        """The client's deadline as is (it chose it); the server's default when it set none."""
         remaining = context.time_remaining()
-        limit = self.settings.default_timeout if remaining is None else min(remaining, self.settings.default_timeout)
-        return time.monotonic() + limit
+        return time.monotonic() + (self.settings.default_timeout if remaining is None else remaining)
 
     @staticmethod
-    def _response(model: str, result: EmbedResult) -> pb.EmbedResponse:
-        vectors = result.vectors
-        if result.element_type == "float":
-            embeddings = [pb.Embedding(values=v) for v in vectors]
-            dimensions = vectors.shape[1]
-        else:
-            embeddings = [pb.Embedding(data=v.tobytes()) for v in np.ascontiguousarray(vectors)]
-            dimensions = vectors.shape[1] * (8 if result.element_type == "bit" else 1)
-        return pb.EmbedResponse(model=model, element_type=_ELEMENT_ENUMS[result.element_type], dimensions=dimensions,
-                                embeddings=embeddings, usage=pb.Usage(prompt_tokens=result.prompt_tokens,
-                                                                      total_tokens=result.prompt_tokens))
+    def _response(model: str, result: EmbedResult, dimensions: int) -> pb.EmbedResponse:
+        response = pb.EmbedResponse.FromString(embeddings_wire(result.vectors))
+        response.model = model
+        response.element_type = _ELEMENT_ENUMS[result.element_type]
+        response.dimensions = dimensions
+        response.usage.prompt_tokens = response.usage.total_tokens = result.prompt_tokens
+        return response
 
     async def _embed(self, request: pb.EmbedRequest, deadline: float) -> pb.EmbedResponse:
-        result = await embed(self._call(request, deadline), self.repository, self.endpoints)
-        return self._response(request.model, result)
+        call = self._call(request, deadline)
+        result = await embed(call, self.repository, self.endpoints)
+        # Bits are packed, so the size comes from the request or target, not the array's width.
+        target = result.target
+        dimensions = call.dimensions or target.dimensions or target.model.manifest.dimensions
+        return self._response(request.model, result, dimensions)
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
+        """The `authorization` metadata, checked as REST checks its header (Unauthenticated)."""
+        metadata = dict(context.invocation_metadata() or ())
+        await self.auth.check(metadata.get("authorization"))
+
+    def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self.metrics.observe("grpc", f"/{_SERVICE}/{method}", code.name, time.perf_counter() - started)
+
+    @staticmethod
+    def _gone(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+        """Why a handler was cancelled: its deadline passed, or the caller left."""
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+
+    async def _unary(self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
+        """Authenticate, run, count; a failure ends the call with its status."""
+        started = time.perf_counter()
+        code: grpc.StatusCode | None = None
+        try:
+            await self._authenticate(context)
+            result = await work()
+            code = grpc.StatusCode.OK
+            return result
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
+            code, message = failure(exc)
+            await context.abort(code, message)
+            raise  # abort() always raises; this keeps type checkers content
+        finally:
+            self._observe(method, code or self._gone(context), started)
 
     # -- RPCs ----------------------------------------------------------------------------
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        await self._authenticate(context)
-        try:
-            return await self._embed(request, self._deadline(context))
-        except EngineError as exc:
-            await context.abort(status_of(exc), message_of(exc))
-            raise  # context.abort always raises; this keeps type checkers content
+        return await self._unary("Embed", context, lambda: self._embed(request, self._deadline(context)))
 
     async def EmbedStream(self, requests: AsyncIterator[pb.EmbedRequest],
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EmbedStreamResponse]:
-        await self._authenticate(context)
-        pending: asyncio.Queue[asyncio.Task[pb.EmbedStreamResponse] | None] = asyncio.Queue(_STREAM_WINDOW)
+        try:
+            await self._authenticate(context)
+        except Exception as exc:  # noqa: BLE001 - the whole call is refused
+            code, message = failure(exc)
+            self._observe("EmbedStream", code, time.perf_counter())
+            await context.abort(code, message)
+        # Answers in request order; up to STREAM_WINDOW requests are computed at once.
+        window: asyncio.Queue[asyncio.Task[pb.EmbedStreamResponse] | None] = asyncio.Queue(STREAM_WINDOW)
 
-        async def one(request: pb.EmbedRequest) -> pb.EmbedStreamResponse:
+        async def one(request: pb.EmbedRequest, deadline: float) -> pb.EmbedStreamResponse:
+            started, code = time.perf_counter(), None
             try:
-                response = await self._embed(request, self._deadline(context))
+                response = await self._embed(request, deadline)
+                code = grpc.StatusCode.OK
                 return pb.EmbedStreamResponse(request_id=request.request_id, response=response)
-            except EngineError as exc:  # in-band: one bad request must not end a bulk stream
+            except Exception as exc:  # noqa: BLE001 - in-band: the stream goes on
+                code, message = failure(exc)
                 return pb.EmbedStreamResponse(request_id=request.request_id,
-                                              error=pb.Error(code=status_of(exc).name, message=message_of(exc)))
+                                              error=pb.Error(code=code.name, message=message))
+            finally:
+                self._observe("EmbedStream", code or self._gone(context), started)
 
-        async def reader() -> None:
+        async def read() -> None:
             try:
                 async for request in requests:
-                    await pending.put(asyncio.create_task(one(request)))
+                    task = asyncio.create_task(one(request, self._deadline(context)))
+                    try:
+                        await window.put(task)
+                    except BaseException:
+                        task.cancel()
+                        raise
             finally:
-                await pending.put(None)
+                await window.put(None)  # room appears: the writer drains the window, even when leaving
 
-        feeding = asyncio.create_task(reader())
+        feeding = asyncio.create_task(read())
         try:
-            while (task := await pending.get()) is not None:
+            while (task := await window.get()) is not None:
                 yield await task
+            await feeding  # a failure to read the stream ends the call with its status
         finally:
+            # The caller left, the deadline passed or the stream broke: queued work is dropped.
             feeding.cancel()
+            while not window.empty():
+                task = window.get_nowait()
+                if task is not None:
+                    task.cancel()
 
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        await self._authenticate(context)
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        return await self._unary("ListModels", context, self._list_models)
+
+    async def ListEndpoints(self, request: pb.ListEndpointsRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ListEndpointsResponse:
+        return await self._unary("ListEndpoints", context, self._list_endpoints)
+
+    # -- listings ------------------------------------------------------------------------
+    async def _list_models(self) -> pb.ListModelsResponse:
         models = []
         for model in self.repository.models():
             m = model.manifest
@@ -142,15 +214,27 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
                                    fidelity_min_cosine=m.fidelity.min_cosine if m.fidelity else 0.0))
         return pb.ListModelsResponse(models=models)
 
-    async def ListEndpoints(self, request: pb.ListEndpointsRequest,
-                            context: grpc.aio.ServicerContext) -> pb.ListEndpointsResponse:
-        await self._authenticate(context)
-        endpoints = [pb.Endpoint(inference_id=m.name, task_type="text_embedding", model_id=m.name,
-                                 element_type=pb.ELEMENT_TYPE_FLOAT, dimensions=m.manifest.dimensions,
-                                 similarity=m.manifest.similarity) for m in self.repository.models()]
-        for config in self.endpoints.list():
-            s = config["service_settings"]
-            endpoints.append(pb.Endpoint(inference_id=config["inference_id"], task_type=config["task_type"],
-                                         model_id=s["model_id"], element_type=_ELEMENT_ENUMS[s["element_type"]],
-                                         dimensions=s["dimensions"], similarity=s["similarity"]))
-        return pb.ListEndpointsResponse(endpoints=endpoints)
+    async def _list_endpoints(self) -> pb.ListEndpointsResponse:
+        found = {m.name: pb.Endpoint(inference_id=m.name, task_type="text_embedding", model_id=m.name,
+                                     element_type=pb.ELEMENT_TYPE_FLOAT, dimensions=m.manifest.dimensions,
+                                     similarity=m.manifest.similarity) for m in self.repository.models()}
+        # Stored endpoints (a stored id wins over a model's name, as in name resolution).
+        listing = getattr(self.endpoints, "list", None)
+        for config in listing() if callable(listing) else ():
+            try:
+                endpoint = self._stored_endpoint(config)
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("endpoint left out of the gRPC listing: %r (%s)", config, exc)
+                continue
+            found[endpoint.inference_id] = endpoint
+        return pb.ListEndpointsResponse(endpoints=sorted(found.values(), key=lambda e: e.inference_id))
+
+    def _stored_endpoint(self, config: dict[str, Any]) -> pb.Endpoint:
+        settings = config.get("service_settings") or {}
+        model_id = settings["model_id"]
+        manifest = self.repository.get(model_id).manifest if model_id in self.repository else None
+        element_type = settings.get("element_type") or "float"
+        return pb.Endpoint(inference_id=config["inference_id"], task_type=config.get("task_type") or "text_embedding",
+                           model_id=model_id, element_type=_ELEMENT_ENUMS[element_type],
+                           dimensions=settings.get("dimensions") or (manifest.dimensions if manifest else 0),
+                           similarity=settings.get("similarity") or (manifest.similarity if manifest else "cosine"))

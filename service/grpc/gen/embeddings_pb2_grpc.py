@@ -63,14 +63,20 @@ class EmbeddingsServicer:
 
     def Embed(self, request, context):
         """One batch of inputs in, one embedding per input out, in order.
+        Errors end the call with INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED, RESOURCE_EXHAUSTED
+        (overloaded: retry later), DEADLINE_EXCEEDED (the deadline passed: the work was dropped, not
+        computed) or UNAVAILABLE (models not loaded yet, or shutting down). A message larger than
+        the server's --max-body-bytes is refused by gRPC itself with RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def EmbedStream(self, request_iterator, context):
-        """Many requests on one stream; each is answered in order, several may be in flight. A request
-        that fails is answered in-band with an error; the stream itself goes on.
+        """Many requests on one stream; each is answered in order, up to 64 are computed at once. A
+        request that fails is answered in-band (EmbedStreamResponse.error) and the stream goes on;
+        only a failure of the whole call (e.g. UNAUTHENTICATED) ends it with a status. The call's
+        deadline applies to every request on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
