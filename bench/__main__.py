@@ -38,8 +38,10 @@ def _choices(allowed: tuple[str, ...], layouts: bool = False):
         if not layouts or "@" not in value:
             return value in allowed
         name, _, layout = value.partition("@")
+        layout, plus, lone = layout.partition("+")
         workers, _, threads = layout.partition("x")
-        return name in allowed and name != "default" and workers.isdigit() and threads.isdigit()
+        return (name in allowed and name != "default" and workers.isdigit() and threads.isdigit()
+                and (not plus or lone.isdigit()))
 
     def parse(text: str) -> list[str]:
         values = [v.strip() for v in text.split(",") if v.strip()]
@@ -76,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenarios", type=_choices(SCENARIOS), default=list(SCENARIOS),
                         help="comma-separated subset of: " + ",".join(SCENARIOS))
     parser.add_argument("--policies", type=_choices(POLICIES, layouts=True),
-                        default=["sequence", "sequence@1x2", "batch", "hybrid"],
+                        default=["sequence", "sequence@2x1+1", "sequence@1x2", "batch", "hybrid"],
                         help="one server per batching policy ('default': no --batch-policy flag; "
-                             "NAME@WxT: also --workers W --intra-op-threads T)")
+                             "NAME@WxT: also --workers W --intra-op-threads T; NAME@WxT+L: and --lone-threads L)")
     parser.add_argument("--server-args", default="",
                         help="extra flags for every server, e.g. \"--workers 1 --intra-op-threads 2\"")
     parser.add_argument("--threads", type=int, default=None, help="CPUs to use (default: those usable by the process)")
@@ -90,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(length-sorted batches; what a batching server can do at best)")
     parser.add_argument("--rest-batch", type=int, default=32, help="texts per request in the REST batch scenario")
     parser.add_argument("--rest-concurrency", type=_ints, default=[1, 4, 16], help="REST batch scenario clients")
-    parser.add_argument("--single-clients", type=int, default=64, help="clients sending one sentence each")
+    parser.add_argument("--single-clients", type=_ints, default=[2, 64],
+                        help="concurrent clients sending one sentence each, one scenario per value (the largest "
+                             "is the issue's target; 2 shows how lone calls fare when two callers interleave)")
     parser.add_argument("--latency-passes", type=int, default=None,
                         help="passes over the short queries per latency measurement (default 2; 1 with --quick)")
     parser.add_argument("--unit-timeout", type=float, default=300.0, help="seconds one measurement may take")

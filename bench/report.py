@@ -62,6 +62,11 @@ def _met(value: float | None, threshold: float, at_least: bool = True) -> str:
     return "yes" if ok else "**no**"
 
 
+def _as_list(value: int | list[int]) -> list[int]:
+    """Older result files hold one number of single-sentence clients, newer ones a list."""
+    return [value] if isinstance(value, int) else list(value)
+
+
 def limit_key(results: Results) -> str | None:
     best, best_value = None, -1.0
     for key in results.samples:
@@ -130,7 +135,8 @@ def render(results: Results) -> str:
             f"- Servers: policies {', '.join(settings['policies'])}; extra flags: "
             f"`{' '.join(settings['server_args']) or '(none)'}`",
             f"- REST batches of {settings['rest_batch']} at concurrency {', '.join(map(str, settings['rest_concurrency']))}; "
-            f"{settings['single_clients']} single-sentence clients; {settings['latency_requests']} latency requests per repeat",
+            f"single-sentence clients: {', '.join(map(str, _as_list(settings['single_clients'])))}; "
+            f"{settings['latency_requests']} latency requests per repeat",
             ""]
     for label, info in results.servers.items():
         cos = info.get("min_cosine_vs_raw")
@@ -143,7 +149,8 @@ def render(results: Results) -> str:
     reference = summarize(_values(results, "reference", "per_second"))
     policies = settings["policies"]
     batch_key = f"batch{settings['rest_batch']}_c4"
-    single_key = f"single_c{settings['single_clients']}"
+    single_clients = max(_as_list(settings["single_clients"]))
+    single_key = f"single_c{single_clients}"
     raw_latency = "raw/latency/" + str(settings["cpus"])
 
     # -- targets ---------------------------------------------------------------------------------
@@ -161,10 +168,10 @@ def render(results: Results) -> str:
         ratio_row(f"REST batch {settings['rest_batch']} c=4 [{policy}]", f"rest/{policy}/{batch_key}",
                   TARGET_REST_BATCH, limit, "limit")
     for policy in policies:
-        ratio_row(f"REST {settings['single_clients']} x 1 sentence [{policy}]", f"rest/{policy}/{single_key}",
+        ratio_row(f"REST {single_clients} x 1 sentence [{policy}]", f"rest/{policy}/{single_key}",
                   TARGET_REST_SINGLE, limit, "limit")
     for policy in policies:
-        ratio_row(f"gRPC {settings['single_clients']} x 1 sentence [{policy}]", f"grpc/{policy}/{single_key}",
+        ratio_row(f"gRPC {single_clients} x 1 sentence [{policy}]", f"grpc/{policy}/{single_key}",
                   TARGET_GRPC_SINGLE, limit, "limit")
     if reference:
         for policy in policies:

@@ -28,14 +28,18 @@ from .stats import percentile
 
 
 def policy_flags(policy: str) -> list[str]:
-    """Server flags for a policy token: `default`, `NAME`, or `NAME@WxT` (W workers x T threads)."""
+    """Server flags for a policy token: `default`, `NAME`, `NAME@WxT` (W workers x T threads) or
+    `NAME@WxT+L` (and L threads for lone calls; 1: no lone-call session)."""
     if policy == "default":
         return []
     name, _, layout = policy.partition("@")
     flags = ["--batch-policy", name]
     if layout:
+        layout, _, lone = layout.partition("+")
         workers, _, threads = layout.partition("x")
         flags += ["--workers", workers, "--intra-op-threads", threads]
+        if lone:
+            flags += ["--lone-threads", lone]
     return flags
 
 
@@ -53,7 +57,7 @@ class Options:
     server_args: list[str]
     rest_batch: int
     rest_concurrency: list[int]
-    single_clients: int
+    single_clients: list[int]  # the largest is the issue's 64-client target
     latency_passes: int
     scenarios: set[str]
     unit_timeout: float
@@ -278,11 +282,12 @@ def run(options: Options) -> Results:
                             lambda s=server, c=clients: _server_unit(s, lambda: rest_load.batch_load(
                                 s.port, model, corpus.texts, options.rest_batch, c, dims, options.unit_timeout),
                                 options.cpus)))
-                    units.append(Unit(
-                        f"rest/{policy}/single_c{options.single_clients}",
-                        lambda s=server: _server_unit(s, lambda: rest_load.single_load(
-                            s.port, model, corpus.texts, options.single_clients, dims, options.unit_timeout),
-                            options.cpus)))
+                    for clients in options.single_clients:
+                        units.append(Unit(
+                            f"rest/{policy}/single_c{clients}",
+                            lambda s=server, c=clients: _server_unit(s, lambda: rest_load.single_load(
+                                s.port, model, corpus.texts, c, dims, options.unit_timeout),
+                                options.cpus)))
                 if "grpc" in options.scenarios and call is not None:
                     for clients in options.rest_concurrency:
                         units.append(Unit(
@@ -290,11 +295,12 @@ def run(options: Options) -> Results:
                             lambda s=server, c=clients, call=call: _server_unit(s, lambda: grpc_load.batch_load(
                                 s.grpc_port, call, model, corpus.texts, options.rest_batch, c, dims,
                                 options.unit_timeout), options.cpus)))
-                    units.append(Unit(
-                        f"grpc/{policy}/single_c{options.single_clients}",
-                        lambda s=server, call=call: _server_unit(s, lambda: grpc_load.single_load(
-                            s.grpc_port, call, model, corpus.texts, options.single_clients, dims,
-                            options.unit_timeout), options.cpus)))
+                    for clients in options.single_clients:
+                        units.append(Unit(
+                            f"grpc/{policy}/single_c{clients}",
+                            lambda s=server, c=clients, call=call: _server_unit(s, lambda: grpc_load.single_load(
+                                s.grpc_port, call, model, corpus.texts, c, dims,
+                                options.unit_timeout), options.cpus)))
                 if "latency" in options.scenarios:
                     units.append(Unit(
                         f"rest/{policy}/health",

@@ -40,6 +40,7 @@ class Settings:
     only_models: str = ""  # comma-separated model names to load; empty: all
     workers: int | None = None  # session workers per model; auto: the usable CPUs
     intra_op_threads: int | None = None  # ORT threads per worker; auto: CPUs / workers
+    lone_threads: int | None = None  # ORT threads for a call that runs alone; auto: the CPUs
     # One sequence per session call: no padding, batch-invariant under dynamic int8, and on 2
     # cores the fastest on mixed-length text (see bench/RESULTS.md).
     batch_policy: str = "sequence"
@@ -61,6 +62,7 @@ class Settings:
         return EngineSettings(
             workers=self.workers,
             intra_op_threads=self.intra_op_threads,
+            lone_threads=self.lone_threads,
             policy=BatchPolicy(
                 mode=self.batch_policy,  # type: ignore[arg-type]
                 max_batch=self.max_batch,
@@ -92,6 +94,8 @@ _HELP: dict[str, str] = {
     "only_models": "comma-separated model names to load (default: every model in the repository)",
     "workers": "session worker threads per model (auto: usable CPUs)",
     "intra_op_threads": "ONNX Runtime intra-op threads per worker (auto: CPUs / workers)",
+    "lone_threads": "ONNX Runtime threads of a second session that runs a call while no other call "
+                    "runs or waits (auto: usable CPUs; 1: off)",
     "batch_policy": f"how session calls are formed: {', '.join(POLICIES)}",
     "max_batch": "most sequences in one session call",
     "max_batch_tokens": "padded-token budget of one session call (longest x count)",
@@ -170,6 +174,8 @@ def validate(settings: Settings) -> list[str]:
                  "max_inputs", "max_input_chars", "max_image_bytes", "max_image_pixels"):
         if getattr(settings, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be positive")
+    if settings.lone_threads is not None and settings.lone_threads < 0:
+        problems.append("--lone-threads must be 0 or more, or auto")
     for name in ("workers", "intra_op_threads"):
         value = getattr(settings, name)
         if value is not None and value < 1:

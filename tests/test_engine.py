@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -14,6 +15,7 @@ from service.engine.encodings import to_bits, to_int8
 from service.engine.errors import DeadlineExceeded, InferenceFailed, InputTooLong, InvalidDimensions, Overloaded
 from service.engine.manifest import Manifest
 from service.engine.model import EmbedOptions, EmbeddingModel, ModelSettings
+from service.engine.repository import EngineSettings
 from service.engine.pooling import l2_normalize, pool, truncate_dimensions
 from service.engine.scheduler import BatchPolicy
 from service.engine.session import SessionSettings
@@ -30,10 +32,14 @@ TEXTS = [
 ]
 
 
-def load(model_repo: Path, mode: str = "hybrid", workers: int = 2, **policy: int) -> EmbeddingModel:
+def load(model_repo: Path, mode: str = "hybrid", workers: int = 2, lone_threads: int = 0,
+         **policy: int) -> EmbeddingModel:
     folder = model_repo / TINY
+    lone = SessionSettings(intra_op_threads=lone_threads, allow_spinning=True,
+                           stop_spinning_between_calls=True) if lone_threads else None
     model = EmbeddingModel(folder, Manifest.read(folder), ModelSettings(
-        workers=workers, session=SessionSettings(intra_op_threads=1), policy=BatchPolicy(mode=mode, **policy)))
+        workers=workers, session=SessionSettings(intra_op_threads=1), policy=BatchPolicy(mode=mode, **policy),
+        lone_session=lone))
     model.start()
     model.warm_up()
     return model
@@ -116,6 +122,66 @@ def test_a_failing_batch_fails_only_its_own_requests(model_repo: Path) -> None:
         assert m.scheduler.stats.failed_calls == 1
     finally:
         m.close()
+
+
+def test_lone_calls_use_every_thread_and_give_identical_vectors(model_repo: Path) -> None:
+    m = load(model_repo, "sequence", lone_threads=2)
+    try:
+        assert m.lone_session is not None
+        lone = np.vstack([asyncio.run(m.embed([t])).vectors for t in TEXTS])  # one at a time: alone
+        assert m.scheduler.stats.lone_calls == len(TEXTS)
+        # The same sequences on the workers' one-thread session: bit for bit the same vectors,
+        # so a lone call keeps the sequence policy batch-invariant.
+        single = np.vstack([m._run_batch(m.tokenizer.encode([t])) for t in TEXTS])
+        assert np.array_equal(lone, single)
+    finally:
+        m.close()
+
+
+def test_lone_session_is_not_used_while_another_call_runs(model_repo: Path) -> None:
+    m = load(model_repo, "sequence", lone_threads=2)
+    real_run = m.scheduler._run_batch
+    release = threading.Event()
+    running = threading.Event()
+
+    def held(seqs: Sequence[TokenizedText]) -> np.ndarray:
+        running.set()
+        release.wait(10)
+        return real_run(seqs)
+
+    m.scheduler._run_lone = held  # the first (lone) call blocks until the second was taken
+    try:
+        async def run() -> None:
+            first = asyncio.ensure_future(m.embed(["the first caller"]))
+            await asyncio.get_running_loop().run_in_executor(None, running.wait, 10)
+            second = await m.embed(["the second caller, while the first is computing"])
+            assert second.vectors.shape[0] == 1
+            release.set()
+            await first
+
+        asyncio.run(run())
+        assert m.scheduler.stats.lone_calls == 1  # the second ran on the one-thread session
+        assert m.scheduler.stats.calls == 2
+        # Once idle again, the next call is lone again.
+        asyncio.run(m.embed(["idle again"]))
+        assert m.scheduler.stats.lone_calls == 2
+        # A request of several sequences keeps the workers busy together: only its last sequence
+        # can run lone (taken from an empty queue once the other worker is done).
+        asyncio.run(m.embed(TEXTS * 4))
+        assert m.scheduler.stats.lone_calls <= 2 + 1
+    finally:
+        release.set()
+        m.close()
+
+
+def test_lone_session_layout() -> None:
+    cpus = available_cpus()
+    auto = EngineSettings()
+    assert auto.lone_layout(intra=1) == (cpus if cpus > 1 else 0)
+    assert auto.lone_layout(intra=cpus) == 0  # the workers' session already has every CPU
+    assert EngineSettings(lone_threads=1).lone_layout(intra=1) == 0  # off
+    assert EngineSettings(lone_threads=0).lone_layout(intra=1) == 0
+    assert EngineSettings(lone_threads=4).lone_layout(intra=1) == 4
 
 
 def test_expired_work_is_dropped_not_computed(model_repo: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import onnxruntime as ort
 
 from .errors import InvalidDimensions, InvalidInput
 from .manifest import Manifest
@@ -43,6 +44,8 @@ class ModelSettings:
     workers: int
     session: SessionSettings
     policy: BatchPolicy
+    # A second session for calls that run alone (see Scheduler); None: every call uses `session`.
+    lone_session: SessionSettings | None = None
 
 
 class EmbeddingModel:
@@ -59,7 +62,10 @@ class EmbeddingModel:
             raise ValueError(f"model [{self.name}]: graph lacks inputs {sorted(missing)}")
         self._feeds = tuple(name for name in ("input_ids", "attention_mask", "token_type_ids") if name in graph_inputs)
         self._output = manifest.output
-        self.scheduler = Scheduler(self.name, self._run_batch, manifest.dimensions, settings.policy, settings.workers)
+        self.lone_session = (create_session(folder / manifest.model_file, settings.lone_session)
+                             if settings.lone_session is not None else None)
+        self.scheduler = Scheduler(self.name, self._run_batch, manifest.dimensions, settings.policy, settings.workers,
+                                   run_lone=self._run_lone if self.lone_session is not None else None)
         self.ready = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -70,7 +76,10 @@ class EmbeddingModel:
         """Run the graph at a few shapes so the first caller pays no allocation cost."""
         started = time.perf_counter()
         for count, text in ((1, "warm up"), (4, "warm up the arena with a somewhat longer sentence " * 4)):
-            self._run_batch(self.tokenizer.encode([text] * count))
+            seqs = self.tokenizer.encode([text] * count)
+            self._run_batch(seqs)
+            if self.lone_session is not None:
+                self._run_lone(seqs)
         self.ready = True
         return time.perf_counter() - started
 
@@ -80,6 +89,13 @@ class EmbeddingModel:
 
     # -- the hot path ------------------------------------------------------------------------
     def _run_batch(self, seqs: Sequence[TokenizedText]) -> np.ndarray:
+        return self._run_on(self.session, seqs)
+
+    def _run_lone(self, seqs: Sequence[TokenizedText]) -> np.ndarray:
+        assert self.lone_session is not None
+        return self._run_on(self.lone_session, seqs)
+
+    def _run_on(self, session: ort.InferenceSession, seqs: Sequence[TokenizedText]) -> np.ndarray:
         """One session call (worker thread). Right-pads to the longest sequence."""
         count = len(seqs)
         lengths = np.fromiter((s.length for s in seqs), dtype=np.int64, count=count)
@@ -97,7 +113,7 @@ class EmbeddingModel:
             mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
         available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
         feeds = {name: available[name] for name in self._feeds}
-        (output,) = self.session.run([self._output], feeds)
+        (output,) = session.run([self._output], feeds)
         vectors = output if self.manifest.output_is_pooled else pool(output, lengths, self.manifest.pooling)
         return l2_normalize(vectors) if self.manifest.normalize else np.asarray(vectors, dtype=np.float32)
 

@@ -23,6 +23,9 @@ class EngineSettings:
     intra_op_threads: int | None = None
     policy: BatchPolicy = BatchPolicy()
     only: tuple[str, ...] = ()  # load just these models (empty: all)
+    # Intra-op threads of the session that runs calls made while nothing else runs. None: every
+    # usable CPU when a worker has fewer; 0 or 1: off (every call on the workers' session).
+    lone_threads: int | None = None
 
     def thread_layout(self) -> tuple[int, int]:
         """(workers, intra-op threads per worker) so that their product is the usable CPUs."""
@@ -36,6 +39,11 @@ class EngineSettings:
             return max(1, cpus // intra), intra
         workers = max(1, self.workers)
         return workers, max(1, self.intra_op_threads or cpus // workers or 1)
+
+    def lone_layout(self, intra: int) -> int:
+        """Threads of the lone-call session, or 0 when there is none (it would add nothing)."""
+        threads = available_cpus() if self.lone_threads is None else self.lone_threads
+        return threads if threads > max(1, intra) else 0
 
 
 def discover(root: Path) -> list[Path]:
@@ -54,10 +62,16 @@ class ModelRepository:
 
     def load(self) -> None:
         workers, intra = self.settings.thread_layout()
+        lone = self.settings.lone_layout(intra)
         model_settings = ModelSettings(
             workers=workers,
             session=SessionSettings(intra_op_threads=intra, allow_spinning=workers == 1 and intra > 1),
             policy=self.settings.policy,
+            # Spinning is what makes a second thread pay on a ~1 ms call (without it, 2 threads
+            # ran a short query slower than 1); it stops when the call returns, or the parked
+            # pool thread would steal a core from the workers and the event loop.
+            lone_session=SessionSettings(intra_op_threads=lone, allow_spinning=True,
+                                         stop_spinning_between_calls=True) if lone else None,
         )
         for folder in discover(self.root):
             if self.settings.only and folder.name not in self.settings.only:
@@ -78,9 +92,10 @@ class ModelRepository:
                 continue
             self._models[manifest.name] = model
             log.info(
-                "model [%s] loaded from %s: %d dims, %d max tokens, recipe %s, %d workers x %d threads, policy %s",
+                "model [%s] loaded from %s: %d dims, %d max tokens, recipe %s, %d workers x %d threads "
+                "(lone calls: %s), policy %s",
                 manifest.name, folder, manifest.dimensions, manifest.max_tokens, manifest.recipe,
-                workers, intra, self.settings.policy.mode,
+                workers, intra, f"{lone} threads" if lone else "off", self.settings.policy.mode,
             )
 
     def start(self) -> None:

@@ -10,6 +10,11 @@ the configured policy:
   up to ``max_batch`` sequences and a padded-token budget (longest x count).
 - ``hybrid``: batch only sequences of at most ``short_tokens`` tokens; longer ones run alone.
 
+A call that would run alone (no other worker busy, nothing else waiting) may go to a second
+runner, ``run_lone``: the model gives it a session with every CPU's thread, so a lone query is
+not held to one core. Results are bit-identical across intra-op thread counts (checked in
+tests/test_engine.py), so this keeps the sequence policy batch-invariant.
+
 Sequences whose caller has gone away or whose deadline has passed are dropped when taken, never
 computed. A failing call fails only the requests with sequences in it; the worker lives on.
 """
@@ -69,6 +74,7 @@ class SchedulerStats:
     dropped_sequences: int = 0
     rejected_requests: int = 0
     busy_seconds: float = 0.0
+    lone_calls: int = 0  # calls that ran on the lone runner (every CPU, nothing else running)
     batch_sizes: dict[int, int] = field(default_factory=dict)
 
 
@@ -101,11 +107,14 @@ class _Item:
 
 
 class Scheduler:
-    def __init__(self, name: str, run_batch: RunBatch, dim: int, policy: BatchPolicy, workers: int) -> None:
+    def __init__(self, name: str, run_batch: RunBatch, dim: int, policy: BatchPolicy, workers: int,
+                 run_lone: RunBatch | None = None) -> None:
         self.name = name
         self.policy = policy
         self.stats = SchedulerStats()
         self._run_batch = run_batch
+        self._run_lone = run_lone
+        self._busy = 0  # workers inside a session call (lock held to read or change)
         self._dim = dim
         self._workers_wanted = max(1, workers)
         self._pending: deque[_Item] = deque()
@@ -171,8 +180,12 @@ class Scheduler:
                 if self._closed:
                     return
                 batch = self._take()
-            if batch:
-                self._run(batch)
+                if not batch:
+                    continue
+                # Alone on the machine: nobody else computing and nobody waiting to.
+                lone = self._run_lone is not None and self._busy == 0 and not self._pending
+                self._busy += 1
+            self._run(batch, lone)
 
     def _take(self) -> list[_Item]:
         """Remove and return the next call's items (lock held). Drops abandoned items.
@@ -217,25 +230,30 @@ class Scheduler:
         pending.extendleft(reversed([item for i, item in enumerate(window) if i not in chosen]))
         return [anchor] + [window[i] for i in sorted(chosen)]
 
-    def _run(self, batch: list[_Item]) -> None:
+    def _run(self, batch: list[_Item], lone: bool = False) -> None:
         started = time.perf_counter()
+        run = self._run_lone if lone and self._run_lone is not None else self._run_batch
         try:
-            vectors = self._run_batch([item.seq for item in batch])
+            vectors = run([item.seq for item in batch])
         except Exception as exc:  # noqa: BLE001 - any failure fails this batch only
             log.exception("model [%s]: session call over %d sequences failed", self.name, len(batch))
             with self._cond:
+                self._busy -= 1
                 self.stats.failed_calls += 1
             self._fail({item.job for item in batch}, InferenceFailed(f"inference failed on model [{self.name}]: {exc}"))
             return
         elapsed = time.perf_counter() - started
         longest = max(item.length for item in batch)
         with self._cond:
+            # Idle again before the callers hear back, so that their next call can run lone.
+            self._busy -= 1
             stats = self.stats
             stats.calls += 1
             stats.sequences += len(batch)
             stats.tokens += sum(item.length for item in batch)
             stats.padded_tokens += longest * len(batch)
             stats.busy_seconds += elapsed
+            stats.lone_calls += lone
             stats.batch_sizes[len(batch)] = stats.batch_sizes.get(len(batch), 0) + 1
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Item, np.ndarray]]] = {}
         for item, vector in zip(batch, vectors):

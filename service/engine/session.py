@@ -13,6 +13,9 @@ class SessionSettings:
     # Spinning threads burn the other workers' cores while they wait for work; it only pays when
     # one worker owns every core.
     allow_spinning: bool = False
+    # Park the spinning threads as soon as a call returns: spin during a call, never between
+    # calls, so an idle session steals no core from the other workers or the event loop.
+    stop_spinning_between_calls: bool = False
     enable_cpu_mem_arena: bool = True
 
 
@@ -27,5 +30,7 @@ def create_session(model_path: Path, settings: SessionSettings) -> ort.Inference
     options.add_session_config_entry(
         "session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0"
     )
+    if settings.stop_spinning_between_calls:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     options.log_severity_level = 3
     return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
