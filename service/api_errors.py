@@ -31,6 +31,18 @@ class EndpointNotFound(ModelNotFound):
         self.args = (self.message,)
 
 
+class EndpointModelMissing(EngineError):
+    """A stored endpoint's model is not loaded here (its folder was removed, or this replica
+    was started without it). The endpoint itself is kept: the server's fault, not the caller's."""
+
+    def __init__(self, inference_id: str, model_id: str, known: list[str]) -> None:
+        self.inference_id = inference_id
+        self.model_id = model_id
+        self.message = (f"Inference endpoint [{inference_id}] uses model [{model_id}], which this server has "
+                        f"not loaded; models here: [{', '.join(sorted(known))}]")
+        super().__init__(self.message)
+
+
 class EndpointExists(InvalidInput):
     """PUT of an inference id that already exists."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from .api_errors import EndpointNotFound
+from .api_errors import EndpointModelMissing, EndpointNotFound
 from .engine.encodings import ElementType
 from .engine.model import EmbeddingModel
 from .engine.repository import ModelRepository
@@ -32,12 +32,13 @@ class EndpointLookup(Protocol):
 
 
 def resolve(name: str, repository: ModelRepository, endpoints: EndpointLookup | None = None) -> Target:
-    """A stored endpoint first, then a model of that name; EndpointNotFound otherwise."""
+    """A stored endpoint first, then a model of that name; EndpointNotFound otherwise, and
+    EndpointModelMissing for a stored endpoint whose model is not loaded."""
     stored = endpoints.target_settings(name) if endpoints is not None else None
     if stored is not None:
         model_id = stored["model_id"]
         if model_id not in repository:
-            raise EndpointNotFound(name, repository.names)
+            raise EndpointModelMissing(name, model_id, repository.names)
         return Target(
             inference_id=name,
             model=repository.get(model_id),

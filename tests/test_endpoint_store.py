@@ -13,7 +13,7 @@ import pytest
 
 from service.api_errors import EndpointExists, EndpointNotFound, IllegalArgument
 from service.endpoint_store import MAX_ID_LENGTH, EndpointStore
-from tests.conftest import TINY
+from tests.conftest import TINY, TINY_E5
 from tests.server import ServerProcess
 
 
@@ -161,3 +161,24 @@ def test_sigkill_while_creating_loses_no_acknowledged_endpoint(model_repo: Path,
         sample = acknowledged[-1]
         response = httpx.post(restarted.url + f"/_inference/{sample}", json={"input": "after the crash"}, timeout=30)
         assert response.status_code == 200 and "text_embedding_bits" in response.json()
+
+
+def test_endpoint_whose_model_is_not_loaded_says_so_and_is_kept(model_repo: Path, tmp_path: Path) -> None:
+    # Stored while tiny-e5 was served; this server is started without it.
+    EndpointStore(tmp_path / "endpoints").put({**config("orphan"), "service_settings": {
+        "model_id": TINY_E5, "similarity": "cosine", "element_type": "float"}})
+    with ServerProcess(model_repo, tmp_path, "--only-models", TINY) as proc:
+        response = httpx.post(proc.url + "/_inference/orphan", json={"input": "hello"}, timeout=30)
+        assert response.status_code == 503
+        error = response.json()["error"]
+        assert error["type"] == "status_exception"
+        assert f"uses model [{TINY_E5}], which this server has not loaded" in error["root_cause"][0]["reason"]
+        assert TINY in error["reason"]  # names what is loaded
+        openai = httpx.post(proc.url + "/v1/embeddings", json={"model": "orphan", "input": "hello"}, timeout=30)
+        assert openai.status_code == 503 and openai.json()["error"]["code"] == "model_not_loaded"
+        # Still stored and listed: a missing model folder never loses an endpoint.
+        listed = httpx.get(proc.url + "/_inference/orphan", timeout=30)
+        assert listed.status_code == 200 and listed.json()["endpoints"][0]["inference_id"] == "orphan"
+    with ServerProcess(model_repo, tmp_path) as with_every_model:
+        served = httpx.post(with_every_model.url + "/_inference/orphan", json={"input": "hello"}, timeout=30)
+        assert served.status_code == 200 and len(served.json()["text_embedding"][0]["embedding"]) > 0

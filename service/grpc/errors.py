@@ -5,7 +5,7 @@ import logging
 
 import grpc
 
-from ..api_errors import PayloadTooLarge, Unauthenticated
+from ..api_errors import EndpointModelMissing, PayloadTooLarge, Unauthenticated
 from ..engine.errors import DeadlineExceeded, EngineError, InvalidInput, ModelNotFound, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,7 @@ ERROR_TABLE: dict[type[Exception], grpc.StatusCode] = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     NotReady: grpc.StatusCode.UNAVAILABLE,
+    EndpointModelMissing: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

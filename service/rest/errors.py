@@ -10,6 +10,7 @@ from typing import Any
 
 from ..api_errors import (
     EndpointExists,
+    EndpointModelMissing,
     EndpointNotFound,
     IllegalArgument,
     MalformedBody,
@@ -61,6 +62,7 @@ ERROR_TABLE: dict[type[Exception], ErrorRow] = {
     Overloaded: ErrorRow(429, "es_rejected_execution_exception", "rate_limit_error", "rate_limit_exceeded"),
     NoRoute: ErrorRow(404, "resource_not_found_exception", "invalid_request_error", "not_found"),
     NotReady: ErrorRow(503, "status_exception", "server_error", "not_ready"),
+    EndpointModelMissing: ErrorRow(503, "status_exception", "server_error", "model_not_loaded"),
 }
 
 
