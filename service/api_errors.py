@@ -55,6 +55,10 @@ class Unauthenticated(EngineError):
     """Missing or wrong credentials."""
 
 
+class LoginThrottled(Unauthenticated):
+    """Too many failed logins for one user lately: refused without checking the password."""
+
+
 class NoRoute(EngineError):
     """No handler for this path (or not for this method)."""
 

@@ -13,8 +13,9 @@ from typing import Iterator
 import httpx
 import pytest
 
-from service.api_errors import Unauthenticated
+from service.api_errors import LoginThrottled, Unauthenticated
 from service.auth import ANONYMOUS, Authenticator
+from service.auth.authenticator import FAILURE_LIMIT
 from service.auth import credentials
 from tests.conftest import TINY
 from tests.server import REPO_ROOT, ServerProcess
@@ -131,6 +132,32 @@ def test_a_broken_credentials_file_keeps_the_old_ones(tmp_path: Path) -> None:
     assert auth.authenticate(f"Bearer {s.token}") == "dashboard"
 
 
+def test_failed_logins_lock_the_user_for_a_while(tmp_path: Path) -> None:
+    s = make_credentials(tmp_path)
+    auth = Authenticator(tmp_path / "credentials.json", failure_window=1.0)
+    for n in range(FAILURE_LIMIT):
+        with pytest.raises(Unauthenticated) as refused:
+            auth.authenticate(basic("alice", f"guess {n}"))
+        assert not isinstance(refused.value, LoginThrottled)
+    # The right password is not even checked now; other credentials are unaffected.
+    with pytest.raises(LoginThrottled, match=r"too many failed logins for user \[alice\]"):
+        auth.authenticate(basic("alice", PASSWORD))
+    assert auth.authenticate(f"ApiKey {s.encoded}") == "indexer"
+    time.sleep(1.1)  # the window passes
+    assert auth.authenticate(basic("alice", PASSWORD)) == "alice"
+
+
+def test_a_repeated_wrong_header_is_refused_from_memory(tmp_path: Path) -> None:
+    make_credentials(tmp_path)
+    auth = Authenticator(tmp_path / "credentials.json")
+    wrong = basic("alice", "stale password in a client's config")
+    for _ in range(FAILURE_LIMIT * 4):  # a misconfigured client retrying in a loop
+        with pytest.raises(Unauthenticated):
+            auth.authenticate(wrong)
+    # Hashed once, so it counted once: alice is not locked out by her own stale client.
+    assert auth.authenticate(basic("alice", PASSWORD)) == "alice"
+
+
 # -- the real server ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def locked_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Secrets]]:
@@ -213,3 +240,18 @@ def test_elasticsearch_client_with_each_scheme(locked_server: tuple[ServerProces
         with pytest.raises(AuthenticationException) as info:
             es.inference.text_embedding(inference_id=TINY, input="refused")
         assert info.value.body["error"]["root_cause"][0]["type"] == "security_exception"
+
+
+def test_locked_out_login_over_http(model_repo: Path, tmp_path: Path) -> None:
+    make_credentials(tmp_path)
+    with ServerProcess(model_repo, tmp_path, "--only-models", TINY) as proc:
+        for n in range(FAILURE_LIMIT):
+            response = _post(proc, "/v1/embeddings", {"Authorization": basic("alice", f"guess {n}")})
+            assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+        response = _post(proc, "/v1/embeddings", {"Authorization": basic("alice", PASSWORD)})
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "too_many_failed_logins"
+        assert "retry in" in response.json()["error"]["message"]
+        es = httpx.post(proc.url + f"/_inference/{TINY}", json={"input": "hello"},
+                        headers={"Authorization": basic("alice", PASSWORD)}, timeout=30)
+        assert es.status_code == 401 and es.json()["error"]["type"] == "security_exception"

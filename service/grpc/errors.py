@@ -5,7 +5,7 @@ import logging
 
 import grpc
 
-from ..api_errors import EndpointModelMissing, PayloadTooLarge, Unauthenticated
+from ..api_errors import EndpointModelMissing, LoginThrottled, PayloadTooLarge, Unauthenticated
 from ..engine.errors import DeadlineExceeded, EngineError, InvalidInput, ModelNotFound, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
@@ -18,6 +18,7 @@ ERROR_TABLE: dict[type[Exception], grpc.StatusCode] = {
     PayloadTooLarge: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    LoginThrottled: grpc.StatusCode.UNAUTHENTICATED,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     NotReady: grpc.StatusCode.UNAVAILABLE,
