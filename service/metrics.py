@@ -67,6 +67,7 @@ _MODEL_COUNTERS = (
     ("dropped_sequences_total", "dropped_sequences", "Queued sequences dropped: caller gone or deadline passed."),
     ("rejected_requests_total", "rejected_requests", "Requests refused because the queue was full."),
     ("busy_seconds_total", "busy_seconds", "Seconds spent inside session calls."),
+    ("loop_wakeups_total", "loop_wakeups", "Wake-ups of the event loop that carried finished vectors to it."),
     ("lone_calls_total", "lone_calls", "Session calls run alone on the every-CPU session (nothing else running)."),
 )
 

@@ -174,6 +174,27 @@ def test_lone_session_is_not_used_while_another_call_runs(model_repo: Path) -> N
         m.close()
 
 
+def test_results_finished_while_the_loop_is_busy_share_one_wakeup(model_repo: Path) -> None:
+    m = load(model_repo, "sequence")
+    try:
+        async def run() -> list[np.ndarray]:
+            pending = [asyncio.ensure_future(m.embed([t])) for t in TEXTS]
+            await asyncio.sleep(0)  # every request is queued
+            time.sleep(1.0)  # the loop is busy while the workers finish every call
+            return [r.vectors for r in await asyncio.gather(*pending)]
+
+        before = m.scheduler.stats.loop_wakeups
+        vectors = asyncio.run(run())
+        assert m.scheduler.stats.calls >= len(TEXTS)
+        # One wake-up (or two: the first may land before the others finish) for six results.
+        assert m.scheduler.stats.loop_wakeups - before <= 2
+        # And each request still got its own vector.
+        alone = np.vstack([m._run_batch(m.tokenizer.encode([t])) for t in TEXTS])
+        assert np.allclose(np.vstack(vectors), alone, atol=1e-6)
+    finally:
+        m.close()
+
+
 def test_lone_session_layout() -> None:
     cpus = available_cpus()
     auto = EngineSettings()

@@ -75,6 +75,7 @@ class SchedulerStats:
     rejected_requests: int = 0
     busy_seconds: float = 0.0
     lone_calls: int = 0  # calls that ran on the lone runner (every CPU, nothing else running)
+    loop_wakeups: int = 0  # cross-thread wake-ups that carried results to a loop
     batch_sizes: dict[int, int] = field(default_factory=dict)
 
 
@@ -115,6 +116,9 @@ class Scheduler:
         self._run_batch = run_batch
         self._run_lone = run_lone
         self._busy = 0  # workers inside a session call (lock held to read or change)
+        # Results waiting for their loop's next pass; a loop is a key while a drain is scheduled.
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Item, np.ndarray]]] = {}
+        self._outbox_lock = threading.Lock()
         self._dim = dim
         self._workers_wanted = max(1, workers)
         self._pending: deque[_Item] = deque()
@@ -259,7 +263,27 @@ class Scheduler:
         for item, vector in zip(batch, vectors):
             by_loop.setdefault(item.job.loop, []).append((item, vector))
         for loop, results in by_loop.items():
-            _call_soon(loop, _deliver, results)
+            self._post(loop, results)
+
+    def _post(self, loop: asyncio.AbstractEventLoop, results: list[tuple[_Item, np.ndarray]]) -> None:
+        """Hand results to their loop. Only the first result since the loop last drained its
+        outbox wakes it: under load one wake-up (a self-pipe write and a loop pass) carries
+        every result the workers finished meanwhile, not one each."""
+        with self._outbox_lock:
+            box = self._outbox.get(loop)
+            if box is not None:
+                box.extend(results)
+                return
+            self._outbox[loop] = list(results)
+        if not _call_soon(loop, self._drain, loop):
+            with self._outbox_lock:  # a closed loop: nobody will drain it
+                self._outbox.pop(loop, None)
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._outbox_lock:
+            results = self._outbox.pop(loop, [])
+            self.stats.loop_wakeups += 1
+        _deliver(results)
 
     @staticmethod
     def _fail(jobs: set[_Job], error: EngineError) -> None:
@@ -267,11 +291,12 @@ class Scheduler:
             _call_soon(job.loop, _set_exception, job, error)
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> bool:
     try:
         loop.call_soon_threadsafe(callback, *args)
     except RuntimeError:  # the loop is closed: nobody is waiting any more
-        pass
+        return False
+    return True
 
 
 def _deliver(results: list[tuple[_Item, np.ndarray]]) -> None:
