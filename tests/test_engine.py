@@ -5,7 +5,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -140,35 +140,64 @@ def test_lone_calls_use_every_thread_and_give_identical_vectors(model_repo: Path
 
 def test_lone_session_is_not_used_while_another_call_runs(model_repo: Path) -> None:
     m = load(model_repo, "sequence", lone_threads=2)
-    real_run = m.scheduler._run_batch
     release = threading.Event()
     running = threading.Event()
+    first_ids = m.tokenizer.encode(["the first caller"])[0].ids.tolist()
 
-    def held(seqs: Sequence[TokenizedText]) -> np.ndarray:
-        running.set()
-        release.wait(10)
-        return real_run(seqs)
+    def holding(run: Callable[[Sequence[TokenizedText]], np.ndarray]) -> Callable[[Sequence[TokenizedText]], np.ndarray]:
+        def held(seqs: Sequence[TokenizedText]) -> np.ndarray:
+            if any(s.ids.tolist() == first_ids for s in seqs):  # the first caller's call waits
+                running.set()
+                release.wait(10)
+            return run(seqs)
+        return held
 
-    m.scheduler._run_lone = held  # the first (lone) call blocks until the second was taken
+    m.scheduler._run_lone = holding(m.scheduler._run_lone)
+    m.scheduler._run_batch = holding(m.scheduler._run_batch)
+
+    async def interleaved_round() -> None:
+        """A call that starts alone, and a second caller arriving while it runs."""
+        running.clear()
+        release.clear()
+        first = asyncio.ensure_future(m.embed(["the first caller"]))
+        await asyncio.get_running_loop().run_in_executor(None, running.wait, 10)
+        second = await m.embed(["the second caller, while the first is computing"])
+        assert second.vectors.shape[0] == 1
+        release.set()
+        await first
+
     try:
-        async def run() -> None:
-            first = asyncio.ensure_future(m.embed(["the first caller"]))
-            await asyncio.get_running_loop().run_in_executor(None, running.wait, 10)
-            second = await m.embed(["the second caller, while the first is computing"])
-            assert second.vectors.shape[0] == 1
-            release.set()
-            await first
-
-        asyncio.run(run())
-        assert m.scheduler.stats.lone_calls == 1  # the second ran on the one-thread session
-        assert m.scheduler.stats.calls == 2
+        stats = m.scheduler.stats
+        asyncio.run(interleaved_round())
+        assert stats.lone_calls == 1  # the second ran on the one-thread session
+        assert stats.calls == 2
         # Once idle again, the next call is lone again.
         asyncio.run(m.embed(["idle again"]))
-        assert m.scheduler.stats.lone_calls == 2
+        assert stats.lone_calls == 2
         # A request of several sequences keeps the workers busy together: only its last sequence
         # can run lone (taken from an empty queue once the other worker is done).
         asyncio.run(m.embed(TEXTS * 4))
-        assert m.scheduler.stats.lone_calls <= 2 + 1
+        assert stats.lone_calls <= 2 + 1
+        # Callers that keep interleaving: after a few rounds a call that starts alone no longer
+        # goes lone (it would only fight the next caller's call for the cores)...
+        rounds = 0
+        while True:
+            before = stats.lone_calls
+            asyncio.run(interleaved_round())
+            rounds += 1
+            if stats.lone_calls == before:
+                break
+            assert rounds < 20, "lone calls never stopped"
+        assert rounds >= 3
+        # ... and once calls are alone again, within a few calls they go lone again.
+        before = stats.lone_calls
+        asyncio.run(m.embed(["alone, right after a run of interleaved callers"]))
+        assert stats.lone_calls == before
+        for _ in range(5):
+            asyncio.run(m.embed(["alone again"]))
+            if stats.lone_calls > before:
+                break
+        assert stats.lone_calls == before + 1
     finally:
         release.set()
         m.close()

@@ -13,7 +13,10 @@ the configured policy:
 A call that would run alone (no other worker busy, nothing else waiting) may go to a second
 runner, ``run_lone``: the model gives it a session with every CPU's thread, so a lone query is
 not held to one core. Results are bit-identical across intra-op thread counts (checked in
-tests/test_engine.py), so this keeps the sequence policy batch-invariant.
+tests/test_engine.py), so this keeps the sequence policy batch-invariant. That pays when
+traffic is sparse; when callers interleave, the next caller's call starts during the lone one
+and the two fight for the cores. So the scheduler keeps a moving average of how often a call
+that started alone got company before it ended, and runs lone calls only while that is low.
 
 Sequences whose caller has gone away or whose deadline has passed are dropped when taken, never
 computed. A failing call fails only the requests with sequences in it; the worker lives on.
@@ -40,6 +43,12 @@ POLICIES: tuple[PolicyName, ...] = ("sequence", "batch", "hybrid")
 
 # Runs one session call: sequences in, one float32 vector per sequence out.
 RunBatch = Callable[[Sequence[TokenizedText]], np.ndarray]
+
+# The moving average of "a call that started alone got company": each such call moves it by
+# this weight, and lone calls run only while it is under the limit (about 7 joined calls in a
+# row turn them off; two or three calls alone turn them back on).
+_COMPANY_WEIGHT = 0.1
+_COMPANY_LIMIT = 0.5
 
 # How far into the queue a worker looks for length-matched companions: bounds the cost of
 # forming a batch when a huge request is waiting.
@@ -116,6 +125,9 @@ class Scheduler:
         self._run_batch = run_batch
         self._run_lone = run_lone
         self._busy = 0  # workers inside a session call (lock held to read or change)
+        self._company = 0.0  # moving average: how often a call that started alone got company
+        self._solo_running = False  # a call that started alone is running (at most one can)
+        self._solo_joined = False  # ... and another call started before it ended
         # Results waiting for their loop's next pass; a loop is a key while a drain is scheduled.
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Item, np.ndarray]]] = {}
         self._outbox_lock = threading.Lock()
@@ -187,9 +199,21 @@ class Scheduler:
                 if not batch:
                     continue
                 # Alone on the machine: nobody else computing and nobody waiting to.
-                lone = self._run_lone is not None and self._busy == 0 and not self._pending
+                alone = self._busy == 0 and not self._pending
+                if alone:
+                    self._solo_running, self._solo_joined = True, False
+                elif self._solo_running:
+                    self._solo_joined = True
+                lone = self._run_lone is not None and alone and self._company < _COMPANY_LIMIT
                 self._busy += 1
-            self._run(batch, lone)
+            self._run(batch, lone, alone)
+
+    def _call_ended(self, alone: bool) -> None:
+        """Bookkeeping when a call ends (lock held)."""
+        self._busy -= 1
+        if alone:
+            self._company += _COMPANY_WEIGHT * ((1.0 if self._solo_joined else 0.0) - self._company)
+            self._solo_running = False
 
     def _take(self) -> list[_Item]:
         """Remove and return the next call's items (lock held). Drops abandoned items.
@@ -234,7 +258,7 @@ class Scheduler:
         pending.extendleft(reversed([item for i, item in enumerate(window) if i not in chosen]))
         return [anchor] + [window[i] for i in sorted(chosen)]
 
-    def _run(self, batch: list[_Item], lone: bool = False) -> None:
+    def _run(self, batch: list[_Item], lone: bool = False, alone: bool = False) -> None:
         started = time.perf_counter()
         run = self._run_lone if lone and self._run_lone is not None else self._run_batch
         try:
@@ -242,7 +266,7 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - any failure fails this batch only
             log.exception("model [%s]: session call over %d sequences failed", self.name, len(batch))
             with self._cond:
-                self._busy -= 1
+                self._call_ended(alone)
                 self.stats.failed_calls += 1
             self._fail({item.job for item in batch}, InferenceFailed(f"inference failed on model [{self.name}]: {exc}"))
             return
@@ -250,7 +274,7 @@ class Scheduler:
         longest = max(item.length for item in batch)
         with self._cond:
             # Idle again before the callers hear back, so that their next call can run lone.
-            self._busy -= 1
+            self._call_ended(alone)
             stats = self.stats
             stats.calls += 1
             stats.sequences += len(batch)
