@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import base64
+import json
+import shutil
 import uuid
+from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -329,3 +332,21 @@ def test_client_errors_surface_in_the_client(es: Elasticsearch) -> None:
     with pytest.raises(ApiError) as bad:
         es.inference.inference(inference_id=TINY, input=[])
     assert bad.value.meta.status == 400
+
+
+def test_an_image_for_a_model_with_an_image_tower_is_refused_not_embedded_as_text(
+        model_repo: Path, tmp_path: Path) -> None:
+    # A copy of the tiny model whose manifest says it takes images too: the engine embeds text
+    # only, so an image must be refused, never embedded as the text of its MIME type.
+    repo = tmp_path / "models"
+    shutil.copytree(model_repo / TINY, repo / "clip-like")
+    manifest = json.loads((repo / "clip-like" / "manifest.json").read_text())
+    manifest.update(name="clip-like", modality="text+image")
+    (repo / "clip-like" / "manifest.json").write_text(json.dumps(manifest))
+    png = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n fake").decode()
+    with ServerProcess(repo, tmp_path / "data") as proc:
+        text = post(proc, "/_inference/embedding/clip-like", {"input": [{"content": {"type": "text", "value": "a cat"}}]})
+        assert text.status_code == 200, text.text
+        reason = assert_es_error(post(proc, "/_inference/embedding/clip-like",
+                                      {"input": [{"content": {"type": "image", "value": png}}]}), 400, "status_exception")
+        assert "image tower, but this server embeds text only" in reason

@@ -110,6 +110,10 @@ def _check_modality(target: Target, items: list[Any]) -> None:
         if item.kind == "image" and not manifest.accepts_images:
             raise UnsupportedModality(f"input[{index}] is an image, but inference endpoint [{target.inference_id}] "
                                       f"uses model [{manifest.name}], which accepts {manifest.modality} only")
+        if item.kind == "image":
+            # The engine embeds text only (as over gRPC): an image must never reach it as text.
+            raise UnsupportedModality(f"input[{index}] is an image; model [{manifest.name}] has an image tower, "
+                                      "but this server embeds text only")
         if item.kind == "text" and not manifest.accepts_text:
             raise UnsupportedModality(f"input[{index}] is text, but model [{manifest.name}] accepts "
                                       f"{manifest.modality} only")
