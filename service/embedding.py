@@ -9,7 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from .engine.encodings import ElementType, encode_elements
-from .engine.errors import ModelNotFound, NotReady
+from .engine.errors import ModelNotFound, NotReady, UnsupportedModality
+from .engine.manifest import Manifest
 from .engine.model import EmbedOptions
 from .engine.repository import ModelRepository
 from .targets import EndpointLookup, Target, resolve
@@ -33,6 +34,13 @@ class EmbedResult:
     # float32 (n, dims) for "float"; int8 (n, dims) for "byte"; int8 (n, dims / 8) for "bit".
     vectors: np.ndarray
     prompt_tokens: int
+
+
+def image_tower_unserved(manifest: Manifest, where: str) -> UnsupportedModality:
+    """The refusal of an image for a model with an image tower: the engine embeds text only, so
+    an image must never reach it (as its MIME type or anything else). `where`: "input[3]"."""
+    return UnsupportedModality(f"{where} is an image; model [{manifest.name}] has an image tower, "
+                               "but this server embeds text only")
 
 
 def find_target(name: str, repository: ModelRepository, endpoints: EndpointLookup | None) -> Target:

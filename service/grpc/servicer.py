@@ -17,7 +17,7 @@ import grpc
 from ..api_errors import IllegalArgument
 from ..auth import Authenticator
 from ..config import Settings
-from ..embedding import EmbedRequest, EmbedResult, embed, find_target
+from ..embedding import EmbedRequest, EmbedResult, embed, find_target, image_tower_unserved
 from ..engine.encodings import ElementType
 from ..engine.errors import UnsupportedModality
 from ..engine.repository import ModelRepository
@@ -87,8 +87,7 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
         if not manifest.accepts_images:
             raise UnsupportedModality(f"inputs[{index}] is an image, but model [{manifest.name}] accepts "
                                       f"{manifest.modality} only")
-        raise UnsupportedModality(f"inputs[{index}] is an image; model [{manifest.name}] has an image tower, "
-                                  "but this server embeds text only")
+        raise image_tower_unserved(manifest, f"inputs[{index}]")
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The client's deadline as is (it chose it); the server's default when it set none."""

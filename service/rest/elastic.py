@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..api_errors import EndpointExists, EndpointNotFound, IllegalArgument, MalformedBody, UnknownTaskType, ValidationFailed
 from ..config import Settings
-from ..embedding import EmbedRequest, embed, find_target
+from ..embedding import EmbedRequest, embed, find_target, image_tower_unserved
 from ..endpoint_store import EndpointStore, check_id
 from ..engine.encodings import ELEMENT_TYPES
 from ..engine.errors import DeadlineExceeded, InvalidInput, UnsupportedModality
@@ -107,13 +107,12 @@ def _check_modality(target: Target, items: list[Any]) -> None:
         if item.parts > 1:
             raise UnsupportedModality(f"input[{index}]: model [{manifest.name}] cannot fuse several content items "
                                       "into one embedding; send each item as its own input")
-        if item.kind == "image" and not manifest.accepts_images:
-            raise UnsupportedModality(f"input[{index}] is an image, but inference endpoint [{target.inference_id}] "
-                                      f"uses model [{manifest.name}], which accepts {manifest.modality} only")
         if item.kind == "image":
-            # The engine embeds text only (as over gRPC): an image must never reach it as text.
-            raise UnsupportedModality(f"input[{index}] is an image; model [{manifest.name}] has an image tower, "
-                                      "but this server embeds text only")
+            if not manifest.accepts_images:
+                raise UnsupportedModality(f"input[{index}] is an image, but inference endpoint "
+                                          f"[{target.inference_id}] uses model [{manifest.name}], which accepts "
+                                          f"{manifest.modality} only")
+            raise image_tower_unserved(manifest, f"input[{index}]")
         if item.kind == "text" and not manifest.accepts_text:
             raise UnsupportedModality(f"input[{index}] is text, but model [{manifest.name}] accepts "
                                       f"{manifest.modality} only")
