@@ -23,7 +23,7 @@ from service.engine.cpus import available_cpus
 from service.engine.manifest import Manifest
 from service.engine.model import EmbeddingModel, ModelSettings
 from service.engine.scheduler import BatchPolicy
-from service.engine.session import SessionSettings
+from service.engine.backends import BackendSettings as SessionSettings
 
 from . import source as sources
 from . import validate

@@ -15,7 +15,7 @@ import numpy as np
 from service.engine.manifest import Manifest
 from service.engine.model import EmbeddingModel, ModelSettings
 from service.engine.scheduler import BatchPolicy
-from service.engine.session import SessionSettings
+from service.engine.backends import BackendSettings as SessionSettings
 
 from .source import ModelSource
 

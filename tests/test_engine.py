@@ -18,7 +18,7 @@ from service.engine.model import EmbedOptions, EmbeddingModel, ModelSettings
 from service.engine.repository import EngineSettings
 from service.engine.pooling import l2_normalize, pool, truncate_dimensions
 from service.engine.scheduler import BatchPolicy
-from service.engine.session import SessionSettings
+from service.engine.backends import BackendSettings as SessionSettings
 from service.engine.tokenizer import TokenizedText
 from tests.conftest import TINY
 

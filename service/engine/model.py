@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import onnxruntime as ort
-
+from .backends import Backend, BackendSettings, open_backend
 from .errors import InvalidDimensions, InvalidInput
 from .manifest import Manifest
 from .pooling import l2_normalize, pool, truncate_dimensions
 from .scheduler import BatchPolicy, Scheduler
-from .session import SessionSettings, create_session
 from .tokenizer import TextTokenizer, TokenizedText
 
 log = logging.getLogger(__name__)
@@ -42,10 +40,11 @@ class Embeddings:
 @dataclass(frozen=True)
 class ModelSettings:
     workers: int
-    session: SessionSettings
+    session: BackendSettings
     policy: BatchPolicy
     # A second session for calls that run alone (see Scheduler); None: every call uses `session`.
-    lone_session: SessionSettings | None = None
+    lone_session: BackendSettings | None = None
+    backend: str = "onnxruntime"
 
 
 class EmbeddingModel:
@@ -55,14 +54,14 @@ class EmbeddingModel:
         self.name = manifest.name
         self.settings = settings
         self.tokenizer = TextTokenizer(folder / manifest.tokenizer_file, manifest.max_tokens)
-        self.session = create_session(folder / manifest.model_file, settings.session)
-        graph_inputs = {i.name for i in self.session.get_inputs()}
+        self.session = open_backend(settings.backend, folder / manifest.model_file, manifest.output, settings.session)
+        graph_inputs = self.session.input_names
         missing = set(manifest.inputs) - graph_inputs
         if missing:
             raise ValueError(f"model [{self.name}]: graph lacks inputs {sorted(missing)}")
         self._feeds = tuple(name for name in ("input_ids", "attention_mask", "token_type_ids") if name in graph_inputs)
-        self._output = manifest.output
-        self.lone_session = (create_session(folder / manifest.model_file, settings.lone_session)
+        self.lone_session = (open_backend(settings.backend, folder / manifest.model_file, manifest.output,
+                                          settings.lone_session)
                              if settings.lone_session is not None else None)
         self.scheduler = Scheduler(self.name, self._run_batch, manifest.dimensions, settings.policy, settings.workers,
                                    run_lone=self._run_lone if self.lone_session is not None else None)
@@ -95,7 +94,7 @@ class EmbeddingModel:
         assert self.lone_session is not None
         return self._run_on(self.lone_session, seqs)
 
-    def _run_on(self, session: ort.InferenceSession, seqs: Sequence[TokenizedText]) -> np.ndarray:
+    def _run_on(self, session: Backend, seqs: Sequence[TokenizedText]) -> np.ndarray:
         """One session call (worker thread). Right-pads to the longest sequence."""
         count = len(seqs)
         lengths = np.fromiter((s.length for s in seqs), dtype=np.int64, count=count)
@@ -113,7 +112,7 @@ class EmbeddingModel:
             mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
         available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
         feeds = {name: available[name] for name in self._feeds}
-        (output,) = session.run([self._output], feeds)
+        output = session.run(feeds)
         vectors = output if self.manifest.output_is_pooled else pool(output, lengths, self.manifest.pooling)
         return l2_normalize(vectors) if self.manifest.normalize else np.asarray(vectors, dtype=np.float32)
 

@@ -10,7 +10,7 @@ from .errors import ModelNotFound
 from .manifest import MANIFEST_FILE, Manifest, ManifestError
 from .model import EmbeddingModel, ModelSettings
 from .scheduler import BatchPolicy
-from .session import SessionSettings
+from .backends import BackendSettings as SessionSettings
 
 log = logging.getLogger(__name__)
 
