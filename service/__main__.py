@@ -8,6 +8,7 @@ import sys
 
 from .config import load_settings
 from .server import serve
+from .startup import StartupError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,12 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        logging.getLogger("ortembed").critical("cannot start: %s", exc)
+        print(f"ortembed: cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

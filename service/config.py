@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .auth.authenticator import AUTH_MODES
 from .engine.repository import EngineSettings
 from .engine.scheduler import POLICIES, BatchPolicy
 
@@ -29,6 +30,10 @@ def _optional_int(value: str) -> int | None:
     return None if value.strip().lower() in ("", "auto") else int(value)
 
 
+def _optional_path(value: str) -> Path | None:
+    return Path(value) if value.strip() else None
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -37,6 +42,9 @@ class Settings:
     grpc_port: int = 50051  # 0 or negative: gRPC off
     models: Path = Path("models")
     data_dir: Path = Path("data")
+    auth: str = "auto"  # auto: on once a credentials file exists; required; off
+    auth_file: Path | None = None  # None: <data_dir>/credentials.json
+    endpoints_dir: Path | None = None  # None: <data_dir>/endpoints
     only_models: str = ""  # comma-separated model names to load; empty: all
     workers: int | None = None  # session workers per model; auto: the usable CPUs
     intra_op_threads: int | None = None  # ORT threads per worker; auto: CPUs / workers
@@ -76,12 +84,12 @@ class Settings:
     auth_file_name = "credentials.json"  # a class constant, not a setting
 
     @property
-    def auth_file(self) -> Path:
-        return self.data_dir / self.auth_file_name
+    def credentials_file(self) -> Path:
+        return self.auth_file or self.data_dir / self.auth_file_name
 
     @property
-    def endpoints_dir(self) -> Path:
-        return self.data_dir / "endpoints"
+    def endpoints_folder(self) -> Path:
+        return self.endpoints_dir or self.data_dir / "endpoints"
 
 
 _HELP: dict[str, str] = {
@@ -91,6 +99,11 @@ _HELP: dict[str, str] = {
     "grpc_port": "gRPC listen port (0: no gRPC server)",
     "models": "model repository: one folder per model, as written by `python -m export`",
     "data_dir": "where endpoints and credentials are stored",
+    "auth": "auto: authentication is on as soon as the credentials file exists (even empty); required: "
+            "refuse to start without credentials; off: every route open",
+    "auth_file": "the credentials file (auto: <data-dir>/credentials.json)",
+    "endpoints_dir": "folder of stored inference endpoints, one JSON file each; read-only: endpoints are "
+                     "managed by the deployment (auto: <data-dir>/endpoints)",
     "only_models": "comma-separated model names to load (default: every model in the repository)",
     "workers": "session worker threads per model (auto: usable CPUs)",
     "intra_op_threads": "ONNX Runtime intra-op threads per worker (auto: CPUs / workers)",
@@ -116,6 +129,8 @@ def _parser_for(field_type: Any) -> Callable[[str], Any]:
     text = str(field_type)
     if "bool" in text:
         return _bool
+    if "Path | None" in text:
+        return _optional_path
     if "int | None" in text:
         return _optional_int
     if "int" in text:
@@ -168,6 +183,8 @@ def load_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | N
 
 def validate(settings: Settings) -> list[str]:
     problems = []
+    if settings.auth not in AUTH_MODES:
+        problems.append(f"--auth must be one of {', '.join(AUTH_MODES)}")
     if settings.batch_policy not in POLICIES:
         problems.append(f"--batch-policy must be one of {', '.join(POLICIES)}")
     for name in ("port", "max_batch", "max_batch_tokens", "short_tokens", "max_queue", "max_body_bytes",

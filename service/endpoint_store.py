@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
-import uuid
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from .api_errors import EndpointExists, EndpointNotFound, IllegalArgument
 from .engine.encodings import ELEMENT_TYPES
+from .fsutil import atomic_write, fsync_folder
 
 log = logging.getLogger(__name__)
 
@@ -121,26 +120,8 @@ class EndpointStore:
             if inference_id not in self._endpoints:
                 raise EndpointNotFound(inference_id)
             (self.folder / f"{inference_id}.json").unlink(missing_ok=True)
-            self._fsync_folder()
+            fsync_folder(self.folder)
             self._endpoints = MappingProxyType({k: v for k, v in self._endpoints.items() if k != inference_id})
 
     def _write(self, path: Path, config: dict[str, Any]) -> None:
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
-        try:
-            with open(tmp, "xb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a failed write (disk full, ...) leaves nothing behind
-            raise
-        self._fsync_folder()
-
-    def _fsync_folder(self) -> None:
-        fd = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write(path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())

@@ -40,14 +40,20 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120.0) -> "ServerProcess":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "service", "--models", str(self.models), "--data-dir", str(self.data_dir),
+                "--port", str(self.port), "--grpc-port", str(self.grpc_port), *self.args]
+
+    def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORTEMBED_")}
         env.update(self.env)
-        cmd = [sys.executable, "-m", "service", "--models", str(self.models), "--data-dir", str(self.data_dir),
-               "--port", str(self.port), "--grpc-port", str(self.grpc_port), *self.args]
+        return env
+
+    def start(self, timeout: float = 120.0) -> "ServerProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=self.environment(), stdout=self._log,
+                                     stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -61,6 +67,18 @@ class ServerProcess:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def expect_exit(self, timeout: float = 60.0) -> tuple[int, str]:
+        """Start a server that must refuse to start: (exit code, its output)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=self.environment(), stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            self.stop()
+        return code, self.log()
 
     def log(self) -> str:
         try:

@@ -15,7 +15,7 @@ import pytest
 
 from service.api_errors import LoginThrottled, Unauthenticated
 from service.auth import ANONYMOUS, Authenticator
-from service.auth.authenticator import FAILURE_LIMIT
+from service.auth.throttle import FAILURE_LIMIT
 from service.auth import credentials
 from tests.conftest import TINY
 from tests.server import REPO_ROOT, ServerProcess
@@ -132,19 +132,21 @@ def test_a_broken_credentials_file_keeps_the_old_ones(tmp_path: Path) -> None:
     assert auth.authenticate(f"Bearer {s.token}") == "dashboard"
 
 
-def test_failed_logins_lock_the_user_for_a_while(tmp_path: Path) -> None:
+def test_failed_logins_lock_the_guessing_client_for_a_while(tmp_path: Path) -> None:
     s = make_credentials(tmp_path)
     auth = Authenticator(tmp_path / "credentials.json", failure_window=1.0)
     for n in range(FAILURE_LIMIT):
         with pytest.raises(Unauthenticated) as refused:
-            auth.authenticate(basic("alice", f"guess {n}"))
+            auth.authenticate(basic("alice", f"guess {n}"), client="10.0.0.66")
         assert not isinstance(refused.value, LoginThrottled)
-    # The right password is not even checked now; other credentials are unaffected.
-    with pytest.raises(LoginThrottled, match=r"too many failed logins for user \[alice\]"):
-        auth.authenticate(basic("alice", PASSWORD))
-    assert auth.authenticate(f"ApiKey {s.encoded}") == "indexer"
+    # The right password is not even checked for the guessing client; other credentials and
+    # alice from anywhere else are unaffected (nobody can lock a user out from elsewhere).
+    with pytest.raises(LoginThrottled, match=r"too many failed logins for user \[alice\] from this client"):
+        auth.authenticate(basic("alice", PASSWORD), client="10.0.0.66")
+    assert auth.authenticate(f"ApiKey {s.encoded}", client="10.0.0.66") == "indexer"
+    assert auth.authenticate(basic("alice", PASSWORD), client="10.0.0.7") == "alice"
     time.sleep(1.1)  # the window passes
-    assert auth.authenticate(basic("alice", PASSWORD)) == "alice"
+    assert auth.authenticate(basic("alice", PASSWORD), client="10.0.0.66") == "alice"
 
 
 def test_a_repeated_wrong_header_is_refused_from_memory(tmp_path: Path) -> None:
@@ -173,7 +175,7 @@ def _post(server: ServerProcess, path: str, headers: dict[str, str] | None = Non
 
 def test_server_says_it_is_open_or_locked(server: ServerProcess, locked_server: tuple[ServerProcess, Secrets]) -> None:
     assert "authentication is OFF" in server.log()
-    assert "authentication is on: 1 api key, 1 user, 1 token" in locked_server[0].log()
+    assert "authentication is ON: 1 api key, 1 user, 1 token" in locked_server[0].log()
 
 
 def test_openai_dialect_401(locked_server: tuple[ServerProcess, Secrets]) -> None:

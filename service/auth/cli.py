@@ -13,12 +13,17 @@ import time
 from pathlib import Path
 
 from ..config import ENV_PREFIX, Settings
+from ..fsutil import describe_os_error
 from . import credentials
 from .credentials import CredentialsError, encoded_api_key, make_credential, new_secret
 
 
 def _path(args: argparse.Namespace) -> Path:
-    data_dir = args.data_dir or Path(os.environ.get(ENV_PREFIX + "DATA_DIR", Settings.data_dir))
+    """The file the server reads: --auth-file, else ORTEMBED_AUTH_FILE, else <data dir>/credentials.json."""
+    explicit = args.auth_file or os.environ.get(ENV_PREFIX + "AUTH_FILE", "").strip()
+    if explicit:
+        return Path(explicit)
+    data_dir = args.data_dir or Path(os.environ.get(ENV_PREFIX + "DATA_DIR", "").strip() or Settings.data_dir)
     return Path(data_dir) / Settings.auth_file_name
 
 
@@ -63,9 +68,13 @@ def create_user(args: argparse.Namespace) -> None:
 
 
 def list_credentials(args: argparse.Namespace) -> None:
-    found = credentials.read(_path(args))
+    path = _path(args)
+    found = credentials.read(path)
     if not found:
-        print(f"no credentials in {_path(args)}: the server is open")
+        if path.exists():
+            print(f"{path} holds no credential: a server using it refuses every request")
+        else:
+            print(f"no credentials file at {path}: a server with --auth auto is open")
         return
     for c in found:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.created))
@@ -81,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service auth", description=__doc__)
     parser.add_argument("--data-dir", type=Path, default=None,
                         help=f"where the server keeps its data [env {ENV_PREFIX}DATA_DIR; default {Settings.data_dir}]")
+    parser.add_argument("--auth-file", type=Path, default=None,
+                        help=f"the credentials file [env {ENV_PREFIX}AUTH_FILE; default <data dir>/credentials.json]")
     commands = parser.add_subparsers(dest="command", required=True)
     key = commands.add_parser("create-key", help="a new API key (ApiKey or Bearer)")
     key.add_argument("--name", required=True, help="who or what uses the key")
@@ -105,5 +116,8 @@ def main(argv: list[str]) -> int:
         args.run(args)
     except CredentialsError as exc:
         print(f"auth: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # disk full, read-only, permissions: nothing was changed
+        print(f"auth: could not write {_path(args)}: {describe_os_error(exc)}; nothing was changed", file=sys.stderr)
         return 1
     return 0

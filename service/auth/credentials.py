@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
+from ..fsutil import atomic_write
+
 Kind = Literal["api_key", "user", "token"]
 KINDS: tuple[Kind, ...] = ("api_key", "user", "token")
 FORMAT_VERSION = 1
@@ -65,18 +67,22 @@ def make_credential(kind: Kind, credential_id: str, name: str, secret: str) -> C
 
 
 def read(path: Path) -> list[Credential]:
-    """Every credential in the file; [] when there is no file."""
+    """Every credential in the file; [] when there is no file (`exists` tells the two apart)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return []
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CredentialsError(f"{path} is unreadable: {exc}") from exc
     try:
         if data.get("format_version") != FORMAT_VERSION:
             raise CredentialsError(f"{path}: unsupported format_version {data.get('format_version')!r}")
         found = [Credential(**item) for item in data["credentials"]]
-    except (AttributeError, KeyError, TypeError) as exc:
+        for credential in found:
+            bytes.fromhex(credential.salt)
+            if not all(isinstance(v, str) for v in (credential.id, credential.name, credential.hash)):
+                raise TypeError("id, name and hash must be strings")
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise CredentialsError(f"{path} is not a credentials file: {exc}") from exc
     for credential in found:
         if credential.kind not in KINDS:
@@ -85,22 +91,11 @@ def read(path: Path) -> list[Credential]:
 
 
 def write(path: Path, credentials: list[Credential]) -> None:
+    """Replace the file atomically (owner-only permissions); OSError when it cannot be written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     body = json.dumps({"format_version": FORMAT_VERSION, "credentials": [asdict(c) for c in credentials]},
                       indent=2) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, body.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, body.encode(), mode=0o600)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..fsutil import atomic_write
+
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -105,10 +107,7 @@ class Manifest:
         return data
 
     def write(self, folder: Path) -> None:
-        path = folder / MANIFEST_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        atomic_write(folder / MANIFEST_FILE, (json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n").encode())
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Manifest":

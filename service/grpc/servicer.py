@@ -42,6 +42,17 @@ STREAM_WINDOW = 64
 _SERVICE = pb.DESCRIPTOR.services_by_name["Embeddings"].full_name
 
 
+def peer_host(peer: str | None) -> str:
+    """The client's address without its port: "ipv4:1.2.3.4:5678" -> "1.2.3.4"."""
+    if not peer:
+        return ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        rest = rest.rsplit(":", 1)[0] if rest.startswith("[") else rest
+        return rest.strip("[]").split("]")[0]
+    return rest.rsplit(":", 1)[0] if kind == "ipv4" else peer
+
+
 class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
     def __init__(self, settings: Settings, repository: ModelRepository, endpoints: EndpointLookup | None,
                  auth: Authenticator, metrics: RequestMetrics) -> None:
@@ -114,7 +125,7 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
         """The `authorization` metadata, checked as REST checks its header (Unauthenticated)."""
         metadata = dict(context.invocation_metadata() or ())
-        await self.auth.check(metadata.get("authorization"))
+        await self.auth.check(metadata.get("authorization"), peer_host(context.peer()))
 
     def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
         self.metrics.observe("grpc", f"/{_SERVICE}/{method}", code.name, time.perf_counter() - started)

@@ -8,6 +8,8 @@ from typing import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from ..auth import Authenticator
+from ..auth.credentials import CredentialsError
+from ..startup import StartupError
 from ..config import Settings
 from .keys import AUTH, PRINCIPAL
 from .ops import PUBLIC_PATHS
@@ -23,18 +25,17 @@ OPENAI_CHALLENGES = ('Bearer realm="ortembed"',)
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path not in PUBLIC_PATHS:
-        request[PRINCIPAL] = await request.app[AUTH].check(request.headers.get("Authorization"))
+        request[PRINCIPAL] = await request.app[AUTH].check(request.headers.get("Authorization"),
+                                                           request.remote or "")
     return await handler(request)
 
 
 def auth_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        authenticator = Authenticator(settings.auth_file)
-        if authenticator.enabled:
-            log.info("authentication is on: %s in %s", authenticator.describe(), settings.auth_file)
-        else:
-            log.warning("authentication is OFF: no credentials in %s, so every route is open "
-                        "(create some with `python -m service auth create-key --name NAME`)", settings.auth_file)
+        try:
+            authenticator = Authenticator(settings.credentials_file, settings.auth)
+        except CredentialsError as exc:  # never start open because the file could not be read
+            raise StartupError(f"authentication cannot start: {exc}") from None
         app[AUTH] = authenticator
         yield
 

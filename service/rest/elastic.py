@@ -293,7 +293,7 @@ async def delete_two(request: web.Request) -> web.Response:
 
 def store_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        app[ENDPOINTS] = await asyncio.get_running_loop().run_in_executor(None, EndpointStore, settings.endpoints_dir)
+        app[ENDPOINTS] = await asyncio.get_running_loop().run_in_executor(None, EndpointStore, settings.endpoints_folder)
         yield
 
     return ctx
