@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 
+from . import logs
 from .config import load_settings
 from .server import serve
 from .startup import StartupError
@@ -18,10 +19,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return auth_main(argv[1:])
     settings = load_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level)
     try:
         asyncio.run(serve(settings))
     except StartupError as exc:

@@ -5,7 +5,7 @@ Each class is one failure; each transport maps it to a status in one table
 """
 from __future__ import annotations
 
-from .engine.errors import EngineError, InvalidInput, ModelNotFound
+from .engine.errors import EngineError, InvalidInput, ModelNotFound, clip_echoes
 
 
 class MalformedBody(InvalidInput):
@@ -27,7 +27,7 @@ class UnknownTaskType(InvalidInput):
 class EndpointNotFound(ModelNotFound):
     def __init__(self, name: str, known: list[str] | None = None) -> None:
         super().__init__(name, known)
-        self.message = f"Inference endpoint not found [{name}]"
+        self.message = clip_echoes(f"Inference endpoint not found [{name}]")
         self.args = (self.message,)
 
 
@@ -38,8 +38,8 @@ class EndpointModelMissing(EngineError):
     def __init__(self, inference_id: str, model_id: str, known: list[str]) -> None:
         self.inference_id = inference_id
         self.model_id = model_id
-        self.message = (f"Inference endpoint [{inference_id}] uses model [{model_id}], which this server has "
-                        f"not loaded; models here: [{', '.join(sorted(known))}]")
+        self.message = clip_echoes(f"Inference endpoint [{inference_id}] uses model [{model_id}], which this "
+                                   f"server has not loaded; models here: [{', '.join(sorted(known))}]")
         super().__init__(self.message)
 
 
@@ -47,8 +47,20 @@ class EndpointExists(InvalidInput):
     """PUT of an inference id that already exists."""
 
 
+class StoreReadOnly(EngineError):
+    """PUT or DELETE while endpoints are managed by the deployment (a read-only folder)."""
+
+
+class StoreUnavailable(EngineError):
+    """The endpoint folder could not be written (disk full, read-only, ...): the server's side."""
+
+
 class PayloadTooLarge(EngineError):
     """The request body is over the configured limit."""
+
+
+class BodyTimeout(EngineError):
+    """The client did not send its whole body in time (408)."""
 
 
 class Unauthenticated(EngineError):

@@ -61,9 +61,15 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     max_inputs: int = 2048
     max_input_chars: int = 100_000
+    max_request_chars: int = 8_000_000
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     default_timeout: float = 30.0  # seconds, for requests that give none
+    header_timeout: float = 15.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_connections: int | None = None  # auto: 4096, or less when the file-descriptor limit is lower
+    drain_seconds: float = 5.0
     log_level: str = "INFO"
 
     def engine_settings(self) -> EngineSettings:
@@ -118,9 +124,17 @@ _HELP: dict[str, str] = {
     "max_body_bytes": "largest request body accepted",
     "max_inputs": "most inputs in one request",
     "max_input_chars": "most characters in one text input",
+    "max_request_chars": "most characters of text in one request, all inputs together",
     "max_image_bytes": "largest decoded image accepted",
     "max_image_pixels": "most pixels in one image",
     "default_timeout": "seconds a request may wait when it sets no timeout",
+    "header_timeout": "seconds a client may take to send a request's headers before the connection is closed",
+    "body_timeout": "seconds a client may take to send a request's body before it is answered 408",
+    "keepalive_timeout": "seconds an idle connection is kept open",
+    "max_connections": "open HTTP connections at once; more are answered 503 (auto: 4096, less if the "
+                       "file-descriptor limit is lower)",
+    "drain_seconds": "after SIGTERM, seconds during which /ready answers 503 while requests are still served; "
+                     "then in-flight requests finish and the process exits 0",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 
@@ -188,12 +202,17 @@ def validate(settings: Settings) -> list[str]:
     if settings.batch_policy not in POLICIES:
         problems.append(f"--batch-policy must be one of {', '.join(POLICIES)}")
     for name in ("port", "max_batch", "max_batch_tokens", "short_tokens", "max_queue", "max_body_bytes",
-                 "max_inputs", "max_input_chars", "max_image_bytes", "max_image_pixels"):
+                 "max_inputs", "max_input_chars", "max_request_chars", "max_image_bytes", "max_image_pixels"):
         if getattr(settings, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be positive")
     if settings.lone_threads is not None and settings.lone_threads < 0:
         problems.append("--lone-threads must be 0 or more, or auto")
-    for name in ("workers", "intra_op_threads"):
+    for name in ("header_timeout", "body_timeout", "keepalive_timeout"):
+        if getattr(settings, name) <= 0:
+            problems.append(f"--{name.replace('_', '-')} must be positive")
+    if settings.drain_seconds < 0:
+        problems.append("--drain-seconds must be 0 or more")
+    for name in ("workers", "intra_op_threads", "max_connections"):
         value = getattr(settings, name)
         if value is not None and value < 1:
             problems.append(f"--{name.replace('_', '-')} must be positive or auto")

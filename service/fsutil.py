@@ -45,9 +45,22 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_folder(path.parent)
 
 
-def is_temporary(path: Path) -> bool:
-    """A leftover of an interrupted `atomic_write`: never to be loaded."""
-    return path.name.startswith(".") and path.name.endswith(".tmp")
+def atomic_create(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Like atomic_write, but FileExistsError when `path` exists: the whole file appears under its
+    name (a hard link) only if no other writer got there first, also across processes and hosts
+    sharing the folder."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_folder(path.parent)
 
 
 def remove_stale(folder: Path, pattern: str = ".*.tmp") -> None:

@@ -26,14 +26,14 @@ class ServerProcess:
     """One `python -m service` process with its own ports, data dir and log file."""
 
     def __init__(self, models: Path, data_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 grpc: bool = False) -> None:
+                 grpc: bool = False, log_dir: Path | None = None) -> None:
         self.port = free_port()
         self.grpc_port = free_port() if grpc else 0
         self.models = models
         self.data_dir = data_dir
         self.args = list(args)
         self.env = dict(env or {})
-        self.log_path = data_dir / f"server-{self.port}.log"
+        self.log_path = (log_dir or data_dir) / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

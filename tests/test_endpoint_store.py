@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.api_errors import EndpointExists, EndpointNotFound, IllegalArgument
+from service.api_errors import EndpointExists, EndpointNotFound, IllegalArgument, StoreUnavailable
 from service.endpoint_store import MAX_ID_LENGTH, EndpointStore
 from tests.conftest import TINY, TINY_E5
 from tests.server import ServerProcess
@@ -28,7 +28,8 @@ def test_round_trip_and_settings(tmp_path: Path) -> None:
     again = EndpointStore(tmp_path)
     assert again.get("one") == config("one")
     assert again.target_settings("one") == {"model_id": TINY, "element_type": "byte", "dimensions": 64,
-                                            "similarity": "cosine", "input_type": None, "task_type": "text_embedding"}
+                                            "similarity": "cosine", "input_type": None, "task_type": "text_embedding",
+                                            "fusion": None}
     assert again.target_settings("missing") is None
     with pytest.raises(EndpointExists):
         again.put(config("one"))
@@ -54,7 +55,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytes
 
     with monkeypatch.context() as patched:
         patched.setattr(os, "fsync", disk_full)
-        with pytest.raises(OSError):
+        with pytest.raises(StoreUnavailable, match="the disk is full; the stored endpoints are unchanged"):
             store.put(config("unlucky"))
     assert list(tmp_path.iterdir()) == [] and store.get("unlucky") is None
     store.put(config("unlucky"))  # nothing half-done blocks a retry
@@ -88,7 +89,7 @@ def test_files_stored_under_a_looser_id_rule_still_load(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", ["", "UPPER", "a/b", "../etc", ".hidden", "x" * (MAX_ID_LENGTH + 1), "sp ace",
-                                 "a..b", "a-", "_a", "a.", "tab\t", "nul\x00", "caf\u00e9", "a\\b"])
+                                 "a..b", "a-", "_a", "a.", "tab\t", "nul\x00", "caf\u00e9", "a\\b", "abc\n"])
 def test_ids_must_be_path_safe(tmp_path: Path, bad: str) -> None:
     with pytest.raises(IllegalArgument):
         EndpointStore(tmp_path).put(config(bad))

@@ -1,11 +1,29 @@
 """The engine's one error hierarchy. Transports map each class to a status in one table."""
 from __future__ import annotations
 
+import re
+
+ECHO_LIMIT = 200  # characters of a caller's value quoted back in a message
+MESSAGE_LIMIT = 2000
+_BRACKETED = re.compile(r"\[([^\]]{%d,})\]" % (ECHO_LIMIT + 1), re.S)
+
+
+def clip_echoes(message: str) -> str:
+    """Messages quote the caller's values in [brackets]; a 100k-character model name must not come
+    back whole (nor turn a gRPC NOT_FOUND into RESOURCE_EXHAUSTED by its size)."""
+    def cut(match: re.Match[str]) -> str:
+        value = match.group(1)
+        return f"[{value[:ECHO_LIMIT]}... ({len(value) - ECHO_LIMIT} more characters)]"
+
+    message = _BRACKETED.sub(cut, message)
+    return message if len(message) <= MESSAGE_LIMIT else message[:MESSAGE_LIMIT] + "... (message cut)"
+
 
 class EngineError(Exception):
     """Base of every failure the engine reports to a caller."""
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
+        message = clip_echoes(message)
         super().__init__(message)
         self.message = message
         self.param = param

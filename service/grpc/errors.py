@@ -5,7 +5,8 @@ import logging
 
 import grpc
 
-from ..api_errors import EndpointModelMissing, LoginThrottled, PayloadTooLarge, Unauthenticated
+from ..api_errors import (EndpointModelMissing, LoginThrottled, PayloadTooLarge, StoreReadOnly, StoreUnavailable,
+                          Unauthenticated)
 from ..engine.errors import DeadlineExceeded, EngineError, InvalidInput, ModelNotFound, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ ERROR_TABLE: dict[type[Exception], grpc.StatusCode] = {
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     NotReady: grpc.StatusCode.UNAVAILABLE,
     EndpointModelMissing: grpc.StatusCode.FAILED_PRECONDITION,
+    StoreReadOnly: grpc.StatusCode.FAILED_PRECONDITION,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 

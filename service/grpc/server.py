@@ -15,13 +15,14 @@ from grpc_reflection.v1alpha import reflection
 
 from ..config import Settings
 from ..rest.keys import AUTH, ENDPOINTS, METRICS, REPOSITORY
-from .gen import embeddings_pb2, embeddings_pb2_grpc
+from .gen import embeddings_pb2
+from .handlers import add_servicer
 from .servicer import EmbeddingsServicer
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = embeddings_pb2.DESCRIPTOR.services_by_name["Embeddings"].full_name
-# In-flight calls get this long to finish once shutdown begins; then they are cancelled.
-GRACE_SECONDS = 5.0
+# In-flight calls get this long to finish once the listeners close; then they are cancelled.
+GRACE_SECONDS = 30.0
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -46,7 +47,7 @@ class GrpcServer:
             ("grpc.so_reuseport", 0),
         ])
         servicer = EmbeddingsServicer(settings, app[REPOSITORY], app.get(ENDPOINTS), app[AUTH], app[METRICS])
-        embeddings_pb2_grpc.add_EmbeddingsServicer_to_server(servicer, server)
+        add_servicer(servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -64,12 +65,16 @@ class GrpcServer:
             if self._stopping is not None:
                 await self._stopping
 
+    async def not_serving(self) -> None:
+        """Health says NOT_SERVING, for good (the drain window): calls are still answered."""
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+
     async def shutdown(self, app: web.Application) -> None:
         """NOT_SERVING, no new calls, in-flight calls get the grace period. Idempotent."""
         if self._server is None or self._stopping is not None:
             return
-        assert self._health is not None
-        await self._health.enter_graceful_shutdown()  # NOT_SERVING for every service, for good
+        await self.not_serving()
         self._stopping = asyncio.create_task(self._server.stop(grace=GRACE_SECONDS))
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:

@@ -26,6 +26,7 @@ from ..targets import EndpointLookup
 from .errors import failure
 from .gen import embeddings_pb2 as pb
 from .gen import embeddings_pb2_grpc as pb_grpc
+from .handlers import Malformed
 from .wire import embeddings_wire
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,9 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
         self.metrics = metrics
 
     # -- one request ---------------------------------------------------------------------
-    def _call(self, request: pb.EmbedRequest, deadline: float) -> EmbedRequest:
+    def _call(self, request: pb.EmbedRequest | Malformed, deadline: float) -> EmbedRequest:
+        if isinstance(request, Malformed):
+            raise request.error()
         if not request.model:
             raise IllegalArgument("[model] is required", param="model")
         if not request.inputs:
@@ -137,12 +140,15 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
         expired = remaining is not None and remaining <= 0
         return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
-    async def _unary(self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
+    async def _unary(self, method: str, context: grpc.aio.ServicerContext, request: object,
+                     work: Callable[[], Awaitable[T]]) -> T:
         """Authenticate, run, count; a failure ends the call with its status."""
         started = time.perf_counter()
         code: grpc.StatusCode | None = None
         try:
             await self._authenticate(context)
+            if isinstance(request, Malformed):
+                raise request.error()
             result = await work()
             code = grpc.StatusCode.OK
             return result
@@ -155,7 +161,7 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
 
     # -- RPCs ----------------------------------------------------------------------------
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        return await self._unary("Embed", context, lambda: self._embed(request, self._deadline(context)))
+        return await self._unary("Embed", context, request, lambda: self._embed(request, self._deadline(context)))
 
     async def EmbedStream(self, requests: AsyncIterator[pb.EmbedRequest],
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EmbedStreamResponse]:
@@ -168,15 +174,16 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
         # Answers in request order; up to STREAM_WINDOW requests are computed at once.
         window: asyncio.Queue[asyncio.Task[pb.EmbedStreamResponse] | None] = asyncio.Queue(STREAM_WINDOW)
 
-        async def one(request: pb.EmbedRequest, deadline: float) -> pb.EmbedStreamResponse:
+        async def one(request: pb.EmbedRequest | Malformed, deadline: float) -> pb.EmbedStreamResponse:
             started, code = time.perf_counter(), None
+            request_id = "" if isinstance(request, Malformed) else request.request_id
             try:
                 response = await self._embed(request, deadline)
                 code = grpc.StatusCode.OK
-                return pb.EmbedStreamResponse(request_id=request.request_id, response=response)
+                return pb.EmbedStreamResponse(request_id=request_id, response=response)
             except Exception as exc:  # noqa: BLE001 - in-band: the stream goes on
                 code, message = failure(exc)
-                return pb.EmbedStreamResponse(request_id=request.request_id,
+                return pb.EmbedStreamResponse(request_id=request_id,
                                               error=pb.Error(code=code.name, message=message))
             finally:
                 self._observe("EmbedStream", code or self._gone(context), started)
@@ -208,11 +215,11 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        return await self._unary("ListModels", context, self._list_models)
+        return await self._unary("ListModels", context, request, self._list_models)
 
     async def ListEndpoints(self, request: pb.ListEndpointsRequest,
                             context: grpc.aio.ServicerContext) -> pb.ListEndpointsResponse:
-        return await self._unary("ListEndpoints", context, self._list_endpoints)
+        return await self._unary("ListEndpoints", context, request, self._list_endpoints)
 
     # -- listings ------------------------------------------------------------------------
     async def _list_models(self) -> pb.ListModelsResponse:

@@ -17,7 +17,7 @@ from . import elastic, openai, ops
 from .auth import ES_CHALLENGES, OPENAI_CHALLENGES, auth_context, auth_middleware
 from .errors import es_body, openai_body
 from .jsonio import json_response
-from .keys import METRICS, REPOSITORY, SETTINGS
+from .keys import LIFECYCLE, METRICS, REPOSITORY, SETTINGS, Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ def create_app(settings: Settings, extra_contexts: tuple[Callable[[web.Applicati
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[ops.accounting_middleware, error_middleware, auth_middleware])
     app[SETTINGS] = settings
+    app[LIFECYCLE] = Lifecycle()
     app[METRICS] = RequestMetrics()
     app.cleanup_ctx.append(auth_context(settings))
     app.cleanup_ctx.append(repository_context(settings))

@@ -3,6 +3,7 @@ embeddings in float, byte and bit, and endpoint management (PUT / GET / DELETE).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, AsyncIterator, Callable
 
@@ -11,6 +12,7 @@ from aiohttp import web
 from ..api_errors import EndpointExists, EndpointNotFound, IllegalArgument, MalformedBody, UnknownTaskType, ValidationFailed
 from ..config import Settings
 from ..embedding import EmbedRequest, embed, find_target, image_tower_unserved
+from ..endpoint_schema import DENSE_TASK_TYPES, FUSIONS, SIMILARITIES, check_chunking
 from ..endpoint_store import EndpointStore, check_id
 from ..engine.encodings import ELEMENT_TYPES
 from ..engine.errors import DeadlineExceeded, InvalidInput, UnsupportedModality
@@ -20,15 +22,15 @@ from .elastic_input import BODY_FIELDS, json_type, parse_input, parse_input_type
 from .jsonio import json_response, read_json
 from .keys import ENDPOINTS, REPOSITORY, SETTINGS
 
+log = logging.getLogger(__name__)
+REFRESH_SECONDS = 1.0
 SERVICE = "ortembed"
 SERVICES = (SERVICE, "elasticsearch")  # requests written for Elasticsearch's own service work too
 VERSION = "9.1.0"
 # Every task type Elasticsearch knows; only the dense ones are served here.
 KNOWN_TASK_TYPES = ("text_embedding", "embedding", "sparse_embedding", "rerank", "completion", "chat_completion")
-DENSE_TASK_TYPES = ("text_embedding", "embedding")
 SERVICE_SETTINGS = frozenset({"model_id", "element_type", "dimensions", "similarity", "num_threads",
-                              "num_allocations"})
-SIMILARITIES = ("cosine", "dot_product", "l2_norm", "max_inner_product")
+                              "num_allocations", "fusion"})
 PUT_FIELDS = frozenset({"service", "service_settings", "task_settings", "chunking_settings", "task_type"})
 # Response keys per route family and element type.
 RESPONSE_KEYS = {
@@ -207,25 +209,30 @@ def _endpoint_config(inference_id: str, task_type: str, body: dict[str, Any],
         value = _field(settings, name, int)
         if value is not None and value < 1:
             raise IllegalArgument(f"[{name}] must be a positive integer")
+    fusion = _field(settings, "fusion", str)
+    if fusion is not None and fusion not in FUSIONS:
+        raise IllegalArgument(f"[fusion] must be one of [{', '.join(FUSIONS)}], not [{fusion}]")
     config: dict[str, Any] = {
         "inference_id": inference_id, "task_type": task_type, "service": service,
         "service_settings": {"model_id": model_id, "dimensions": dimensions, "similarity": similarity,
                              "element_type": element_type,
-                             **{k: settings[k] for k in ("num_threads", "num_allocations") if k in settings}},
+                             **{k: settings[k] for k in ("num_threads", "num_allocations", "fusion")
+                                if settings.get(k) is not None}},
     }
     task_settings = body.get("task_settings")
     if task_settings:
         config["task_settings"] = {"input_type": parse_input_type({"task_settings": task_settings})}
         if config["task_settings"]["input_type"] is None:
             del config["task_settings"]
-    chunking = _field(body, "chunking_settings", dict, None)
+    chunking = body.get("chunking_settings")
     if chunking is not None:
-        config["chunking_settings"] = chunking
+        config["chunking_settings"] = check_chunking(chunking)
     return config
 
 
 async def _put(request: web.Request, inference_id: str, task_type: str | None) -> web.Response:
     check_id(inference_id)
+    _store(request).refuse_if_read_only()
     body = await read_json(request)
     if not isinstance(body, dict):
         raise MalformedBody("the request body must be a JSON object")
@@ -273,6 +280,7 @@ async def get_two(request: web.Request) -> web.Response:
 
 
 async def _delete(request: web.Request, inference_id: str) -> web.Response:
+    _store(request).refuse_if_read_only()
     if _store(request).get(inference_id) is None and inference_id in request.app[REPOSITORY]:
         raise InvalidInput(f"Inference endpoint [{inference_id}] is the built-in endpoint of a model "
                            "and cannot be deleted")
@@ -291,10 +299,24 @@ async def delete_two(request: web.Request) -> web.Response:
     return await _delete(request, name)
 
 
+async def _follow(store: EndpointStore) -> None:
+    """Re-read the endpoint folder every second: replicas sharing it converge on one set."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(REFRESH_SECONDS)
+        try:
+            await loop.run_in_executor(None, store.refresh)
+        except Exception:  # noqa: BLE001 - a bad moment on a network file system must not stop following
+            log.exception("stored endpoints not refreshed")
+
+
 def store_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        app[ENDPOINTS] = await asyncio.get_running_loop().run_in_executor(None, EndpointStore, settings.endpoints_folder)
+        store = await asyncio.get_running_loop().run_in_executor(None, EndpointStore, settings.endpoints_folder)
+        app[ENDPOINTS] = store
+        following = asyncio.create_task(_follow(store))
         yield
+        following.cancel()
 
     return ctx
 

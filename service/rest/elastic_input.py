@@ -14,10 +14,11 @@ from ..engine.errors import InvalidInput
 INPUT_TYPES = ("search", "ingest", "classification", "clustering", "unspecified")
 BODY_FIELDS = frozenset({"input", "input_type", "task_settings"})
 TASK_SETTINGS = frozenset({"input_type"})
-_DATA_URI = re.compile(r"^data:([A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+);base64,(.*)$", re.S)
+_DATA_URI = re.compile(r"data:([A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+);base64,(.*)", re.S)
 _DATA_URI_REASON = "base64 inputs must be specified as data URIs with the format [data:{MIME-type};base64,...]"
-_TIME = re.compile(r"^(-?\d+)(nanos|micros|ms|s|m|h|d)$")
-_FRACTION = re.compile(r"^-?\d*\.\d+(nanos|micros|ms|s|m|h|d)$")
+_TIME = re.compile(r"(-?\d+)(nanos|micros|ms|s|m|h|d)")
+_FRACTION = re.compile(r"-?\d*\.\d+(nanos|micros|ms|s|m|h|d)")
+_MAX_DIGITS = 18  # Elasticsearch parses time values into a long
 _SECONDS = {"nanos": 1e-9, "micros": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # Longer than any process lives: treated as no limit (and keeps 10**400 from overflowing a float).
 _NO_LIMIT_AFTER = 10 * 365 * 86400.0
@@ -69,7 +70,7 @@ def _content_part(raw: Any, where: str, max_image_bytes: int) -> Item:
         return Item("text", value)
     if fmt != "base64":
         raise IllegalArgument(f"{where}: image content must use format [base64], not [{fmt}]")
-    match = _DATA_URI.match(value)
+    match = _DATA_URI.fullmatch(value)
     if match is None:
         raise IllegalArgument(_DATA_URI_REASON)
     try:
@@ -161,12 +162,15 @@ def parse_timeout(value: str | None, default: float) -> tuple[float | None, str]
         return None, value
     if text == "0":
         return default, f"{default:g}s"
-    match = _TIME.match(text)
+    match = _TIME.fullmatch(text)
     if match is None:
-        problem = ("fractional time values are not supported" if _FRACTION.match(text)
+        problem = ("fractional time values are not supported" if _FRACTION.fullmatch(text)
                    else "unit is missing or unrecognized")
         raise IllegalArgument(f"failed to parse setting [timeout] with value [{value}] as a time value: {problem}",
                               param="timeout")
+    if len(match.group(1).lstrip("-")) > _MAX_DIGITS:  # and int() refuses past 4300 digits
+        raise IllegalArgument(f"failed to parse setting [timeout] with value [{value}] as a time value: "
+                              "the number is too large", param="timeout")
     amount = int(match.group(1))
     if amount < 0:
         raise IllegalArgument(f"failed to parse setting [timeout] with value [{value}] as a time value: "

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api_errors import (
+    BodyTimeout,
     EndpointExists,
     EndpointModelMissing,
     EndpointNotFound,
@@ -17,6 +18,8 @@ from ..api_errors import (
     MalformedBody,
     NoRoute,
     PayloadTooLarge,
+    StoreReadOnly,
+    StoreUnavailable,
     Unauthenticated,
     UnknownTaskType,
     ValidationFailed,
@@ -60,11 +63,14 @@ ERROR_TABLE: dict[type[Exception], ErrorRow] = {
     Unauthenticated: ErrorRow(401, "security_exception", "invalid_request_error", "invalid_api_key"),
     LoginThrottled: ErrorRow(401, "security_exception", "invalid_request_error", "too_many_failed_logins"),
     DeadlineExceeded: ErrorRow(408, "status_exception", "timeout_error", "timeout"),
+    BodyTimeout: ErrorRow(408, "status_exception", "invalid_request_error", "request_timeout"),
     PayloadTooLarge: ErrorRow(413, "content_too_long_exception", "invalid_request_error", "request_too_large"),
     Overloaded: ErrorRow(429, "es_rejected_execution_exception", "rate_limit_error", "rate_limit_exceeded"),
     NoRoute: ErrorRow(404, "resource_not_found_exception", "invalid_request_error", "not_found"),
     NotReady: ErrorRow(503, "status_exception", "server_error", "not_ready"),
     EndpointModelMissing: ErrorRow(503, "status_exception", "server_error", "model_not_loaded"),
+    StoreReadOnly: ErrorRow(403, "status_exception", "invalid_request_error", "endpoints_read_only"),
+    StoreUnavailable: ErrorRow(507, "status_exception", "server_error", "storage_unavailable"),
 }
 
 
@@ -102,3 +108,13 @@ def openai_body(error: Exception) -> tuple[int, dict[str, Any]]:
             "code": row.openai_code,
         }
     }
+
+
+def neutral_error_body(status: int, reason: str) -> dict[str, Any]:
+    """For answers given before the dialect is known (a request aiohttp could not parse): one body
+    that reads right to both clients, the Elasticsearch envelope and OpenAI's four keys."""
+    kind = "parse_exception" if status < 500 else "status_exception"
+    cause = {"type": kind, "reason": reason}
+    return {"error": {"root_cause": [cause], **cause, "message": reason,
+                      "param": None, "code": "invalid_request" if status < 500 else "unavailable"},
+            "status": status}

@@ -1,6 +1,8 @@
 """Typed application state, one key per resource."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aiohttp import web
 
 from ..auth import Authenticator
@@ -10,7 +12,16 @@ from ..engine.repository import ModelRepository
 from ..metrics import RequestMetrics
 from ..targets import EndpointLookup
 
+
+@dataclass
+class Lifecycle:
+    """Mutable state of the process as a whole."""
+
+    draining: bool = False  # SIGTERM received: /ready answers 503 while requests are still served
+
+
 SETTINGS = web.AppKey("settings", Settings)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 REPOSITORY = web.AppKey("repository", ModelRepository)
 ENDPOINTS = web.AppKey("endpoints", EndpointStore)
 METRICS = web.AppKey("metrics", RequestMetrics)

