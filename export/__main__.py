@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-mean-cosine", type=float, default=Thresholds.min_mean_cosine)
     parser.add_argument("--min-cosine", type=float, default=Thresholds.min_cosine)
     parser.add_argument("--force", action="store_true", help="replace an existing model folder")
+    parser.add_argument("--alias", action="append", default=[],
+                        help="another name the model answers to (repeatable), e.g. an id clients already send")
+    parser.add_argument("--no-hub-alias", action="store_true",
+                        help="do not record the source's Hugging Face id (found in its model card) as an alias")
     args = parser.parse_args(argv)
     # onnxruntime.quantization logs every tensor at INFO on the root logger: keep the root at
     # WARNING and let only our own progress through at INFO.
@@ -46,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export_model(args.source, args.name, args.out, recipe=args.recipe, max_tokens=args.max_tokens,
                      thresholds=Thresholds(args.min_mean_cosine, args.min_cosine), force=args.force,
-                     keep_fp32=args.keep_fp32, alpha=None if args.alpha == "auto" else float(args.alpha))
+                     keep_fp32=args.keep_fp32, alpha=None if args.alpha == "auto" else float(args.alpha),
+                     aliases=args.alias, hub_alias=not args.no_hub_alias)
     except (ExportError, SourceError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -81,10 +82,17 @@ def _calibrate(fp32_folder: Path, manifest: Manifest, texts: list[str]) -> smoot
     return smooth.calibrate(fp32_folder / manifest.model_file, feeds)
 
 
+def model_aliases(name: str, source: sources.ModelSource, extra: Sequence[str], hub_alias: bool) -> tuple[str, ...]:
+    """--alias values, plus the source's Hugging Face id (unless turned off), without repeats."""
+    wanted = [*(([source.hub_id] if hub_alias and source.hub_id else [])), *extra]
+    return tuple(dict.fromkeys(a for a in wanted if a and a != name))
+
+
 def export_model(source_spec: str | Path, name: str, out_dir: Path, *, recipe: str = DEFAULT_RECIPE,
                  max_tokens: int | None = None, thresholds: Thresholds = Thresholds(), force: bool = False,
                  keep_fp32: int = 4, alpha: float | None = 0.8,
-                 validation_texts: list[str] | None = None) -> Path:
+                 validation_texts: list[str] | None = None, aliases: Sequence[str] = (),
+                 hub_alias: bool = True) -> Path:
     if recipe not in recipes.RECIPES:
         raise ExportError(f"unknown recipe {recipe!r}; expected one of {sorted(recipes.RECIPES)}")
     target = out_dir / name
@@ -113,7 +121,7 @@ def export_model(source_spec: str | Path, name: str, out_dir: Path, *, recipe: s
             name=name, dimensions=source.hidden_size, max_tokens=source.max_tokens, pooling=source.pooling,
             normalize=source.normalize, architecture=source.architecture, inputs=inputs, output=output,
             prompts=source.prompts, recipe="fp32", source=source.describe(),
-            onnxruntime_version=ort.__version__,
+            onnxruntime_version=ort.__version__, aliases=model_aliases(name, source, aliases, hub_alias),
         )
         base.write(fp32_folder)
 

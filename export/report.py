@@ -22,8 +22,8 @@ import numpy as np
 from service.engine.cpus import available_cpus
 from service.engine.manifest import Manifest
 from service.engine.model import EmbeddingModel, ModelSettings
-from service.engine.scheduler import BatchPolicy
-from service.engine.backends import BackendSettings as SessionSettings
+from service.engine.policy import BatchPolicy
+from service.engine.backends import BackendSettings
 
 from . import source as sources
 from . import validate
@@ -48,7 +48,7 @@ class Row:
 def _serving_model(folder: Path, policy: str, cpus: int) -> EmbeddingModel:
     workers, intra, batch_policy = POLICY_SETTINGS[policy](cpus)
     model = EmbeddingModel(folder, Manifest.read(folder),
-                           ModelSettings(workers=workers, session=SessionSettings(intra_op_threads=intra),
+                           ModelSettings(workers=workers, session=BackendSettings(intra_op_threads=intra),
                                          policy=batch_policy))
     model.start()
     model.warm_up()

@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class ModelSource:
     normalize: bool
     is_sentence_transformer: bool
     prompts: dict[str, str] = field(default_factory=dict)
+    hub_id: str | None = None  # the Hugging Face id the checkpoint was published under, when known
 
     def describe(self) -> dict[str, Any]:
         # No absolute paths: the manifest is tracked in git and must not change from one machine
@@ -71,6 +73,28 @@ def weights_sha256(folder: Path) -> str:
                     digest.update(chunk)
             return digest.hexdigest()
     raise SourceError(f"{folder} has none of {_WEIGHT_FILES}")
+
+
+# How a model card loads its own model: SentenceTransformer("org/name"), X.from_pretrained("org/name").
+_CARD_USAGE = re.compile(r"""(?:SentenceTransformer|from_pretrained)\(\s*['"]([\w.-]+/[\w.-]+)['"]""")
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def hub_id(folder: Path, config: dict[str, Any], is_sentence_transformer: bool) -> str | None:
+    """The checkpoint's Hugging Face id: the one its model card loads it by; for a plain
+    transformers folder also config.json's `_name_or_path` (a sentence-transformers folder's names
+    its base model instead, so it is not trusted there)."""
+    try:
+        card = (folder / "README.md").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        card = ""
+    found = _CARD_USAGE.findall(card)
+    if found:
+        return max(set(found), key=found.count)
+    name = config.get("_name_or_path")
+    if not is_sentence_transformer and isinstance(name, str) and _HUB_ID.fullmatch(name) and not Path(name).exists():
+        return name
+    return None
 
 
 def _package_folder(name: str) -> tuple[Path, str, str] | None:
@@ -147,4 +171,5 @@ def resolve(source: str | Path) -> ModelSource:
         normalize=any(m.get("type", "").endswith("Normalize") for m in modules or []),
         is_sentence_transformer=modules is not None,
         prompts=prompts,
+        hub_id=hub_id(path, config, modules is not None),
     )

@@ -14,8 +14,8 @@ import numpy as np
 
 from service.engine.manifest import Manifest
 from service.engine.model import EmbeddingModel, ModelSettings
-from service.engine.scheduler import BatchPolicy
-from service.engine.backends import BackendSettings as SessionSettings
+from service.engine.policy import BatchPolicy
+from service.engine.backends import BackendSettings
 
 from .source import ModelSource
 
@@ -68,16 +68,16 @@ def reference_embeddings(source: ModelSource, texts: Sequence[str]) -> np.ndarra
 
 def served_model(folder: Path, threads: int = 1) -> EmbeddingModel:
     """The engine's model object over a model folder, without starting its workers."""
-    settings = ModelSettings(workers=1, session=SessionSettings(intra_op_threads=threads), policy=BatchPolicy())
+    settings = ModelSettings(workers=1, session=BackendSettings(intra_op_threads=threads), policy=BatchPolicy())
     return EmbeddingModel(folder, Manifest.read(folder), settings)
 
 
 def embed_one_at_a_time(model: EmbeddingModel, texts: Sequence[str]) -> np.ndarray:
-    return np.vstack([model._run_batch(model.tokenizer.encode([text])) for text in texts])
+    return np.vstack([model.text.run(model.text.tokenizer.encode([text])) for text in texts])
 
 
 def embed_in_batches(model: EmbeddingModel, texts: Sequence[str], size: int = 32) -> np.ndarray:
-    return np.vstack([model._run_batch(model.tokenizer.encode(list(texts[i:i + size])))
+    return np.vstack([model.text.run(model.text.tokenizer.encode(list(texts[i:i + size])))
                       for i in range(0, len(texts), size)])
 
 

@@ -12,7 +12,8 @@ from typing import Any, Callable, Sequence
 
 from .auth.authenticator import AUTH_MODES
 from .engine.repository import EngineSettings
-from .engine.scheduler import POLICIES, BatchPolicy
+from .engine.policy import POLICIES, BatchPolicy
+from .inputs import InputLimits
 
 ENV_PREFIX = "ORTEMBED_"
 
@@ -62,14 +63,18 @@ class Settings:
     max_inputs: int = 2048
     max_input_chars: int = 100_000
     max_request_chars: int = 8_000_000
+    max_images: int = 64
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_image_frames: int = 100
     default_timeout: float = 30.0  # seconds, for requests that give none
     header_timeout: float = 15.0
     body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     max_connections: int | None = None  # auto: 4096, or less when the file-descriptor limit is lower
     drain_seconds: float = 5.0
+    stuck_seconds: float = 120.0
+    reload_seconds: float = 2.0
     log_level: str = "INFO"
 
     def engine_settings(self) -> EngineSettings:
@@ -84,8 +89,14 @@ class Settings:
                 short_tokens=self.short_tokens,
                 max_queue=self.max_queue,
             ),
+            image_policy=BatchPolicy(mode="batch", max_batch=8, max_batch_tokens=8, max_queue=self.max_queue),
             only=tuple(n.strip() for n in self.only_models.split(",") if n.strip()),
         )
+
+    def input_limits(self) -> InputLimits:
+        return InputLimits(max_inputs=self.max_inputs, max_input_chars=self.max_input_chars,
+                           max_request_chars=self.max_request_chars, max_images=self.max_images,
+                           max_image_bytes=self.max_image_bytes)
 
     auth_file_name = "credentials.json"  # a class constant, not a setting
 
@@ -125,14 +136,18 @@ _HELP: dict[str, str] = {
     "max_inputs": "most inputs in one request",
     "max_input_chars": "most characters in one text input",
     "max_request_chars": "most characters of text in one request, all inputs together",
-    "max_image_bytes": "largest decoded image accepted",
-    "max_image_pixels": "most pixels in one image",
+    "max_images": "most images in one request",
+    "max_image_bytes": "largest encoded image accepted, in bytes",
+    "max_image_pixels": "most pixels in one image, read from its header before any decoding",
+    "max_image_frames": "most frames in one image (animations are embedded from their first frame)",
     "default_timeout": "seconds a request may wait when it sets no timeout",
     "header_timeout": "seconds a client may take to send a request's headers before the connection is closed",
     "body_timeout": "seconds a client may take to send a request's body before it is answered 408",
     "keepalive_timeout": "seconds an idle connection is kept open",
     "max_connections": "open HTTP connections at once; more are answered 503 (auto: 4096, less if the "
                        "file-descriptor limit is lower)",
+    "stuck_seconds": "a session call running longer than this makes /health answer 503 (a stuck worker)",
+    "reload_seconds": "how often the model folder is checked for models added, replaced or removed (0: never)",
     "drain_seconds": "after SIGTERM, seconds during which /ready answers 503 while requests are still served; "
                      "then in-flight requests finish and the process exits 0",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
@@ -202,7 +217,8 @@ def validate(settings: Settings) -> list[str]:
     if settings.batch_policy not in POLICIES:
         problems.append(f"--batch-policy must be one of {', '.join(POLICIES)}")
     for name in ("port", "max_batch", "max_batch_tokens", "short_tokens", "max_queue", "max_body_bytes",
-                 "max_inputs", "max_input_chars", "max_request_chars", "max_image_bytes", "max_image_pixels"):
+                 "max_inputs", "max_input_chars", "max_request_chars", "max_images", "max_image_bytes", "max_image_pixels",
+                 "max_image_frames"):
         if getattr(settings, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be positive")
     if settings.lone_threads is not None and settings.lone_threads < 0:
@@ -210,8 +226,11 @@ def validate(settings: Settings) -> list[str]:
     for name in ("header_timeout", "body_timeout", "keepalive_timeout"):
         if getattr(settings, name) <= 0:
             problems.append(f"--{name.replace('_', '-')} must be positive")
-    if settings.drain_seconds < 0:
-        problems.append("--drain-seconds must be 0 or more")
+    for name in ("drain_seconds", "reload_seconds"):
+        if getattr(settings, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} must be 0 or more")
+    if settings.stuck_seconds <= 0:
+        problems.append("--stuck-seconds must be positive")
     for name in ("workers", "intra_op_threads", "max_connections"):
         value = getattr(settings, name)
         if value is not None and value < 1:

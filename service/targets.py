@@ -23,6 +23,7 @@ class Target:
     input_type: str | None = None
     similarity: str = "cosine"
     task_type: str = "text_embedding"
+    fusion: str | None = None  # "mean": several parts of one input fused into one vector
 
 
 class EndpointLookup(Protocol):
@@ -47,6 +48,7 @@ def resolve(name: str, repository: ModelRepository, endpoints: EndpointLookup | 
             input_type=stored.get("input_type"),
             similarity=stored.get("similarity") or "cosine",
             task_type=stored.get("task_type") or "text_embedding",
+            fusion=stored.get("fusion"),
         )
     if name in repository:
         model = repository.get(name)

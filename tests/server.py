@@ -80,6 +80,16 @@ class ServerProcess:
             self.stop()
         return code, self.log()
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of `name` whose labels include `labels`, from /metrics parsed with
+        prometheus-client's own parser (0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                   if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-5000:]

@@ -17,8 +17,8 @@ from service.engine.manifest import Manifest
 from service.engine.model import EmbedOptions, EmbeddingModel, ModelSettings
 from service.engine.repository import EngineSettings
 from service.engine.pooling import l2_normalize, pool, truncate_dimensions
-from service.engine.scheduler import BatchPolicy
-from service.engine.backends import BackendSettings as SessionSettings
+from service.engine.policy import BatchPolicy
+from service.engine.backends import BackendSettings
 from service.engine.tokenizer import TokenizedText
 from tests.conftest import TINY
 
@@ -35,10 +35,10 @@ TEXTS = [
 def load(model_repo: Path, mode: str = "hybrid", workers: int = 2, lone_threads: int = 0,
          **policy: int) -> EmbeddingModel:
     folder = model_repo / TINY
-    lone = SessionSettings(intra_op_threads=lone_threads, allow_spinning=True,
+    lone = BackendSettings(intra_op_threads=lone_threads, allow_spinning=True,
                            stop_spinning_between_calls=True) if lone_threads else None
     model = EmbeddingModel(folder, Manifest.read(folder), ModelSettings(
-        workers=workers, session=SessionSettings(intra_op_threads=1), policy=BatchPolicy(mode=mode, **policy),
+        workers=workers, session=BackendSettings(intra_op_threads=1), policy=BatchPolicy(mode=mode, **policy),
         lone_session=lone))
     model.start()
     model.warm_up()
@@ -99,15 +99,15 @@ def test_concurrent_requests_each_get_their_own_vectors(model: EmbeddingModel) -
 
 def test_a_failing_batch_fails_only_its_own_requests(model_repo: Path) -> None:
     m = load(model_repo, "sequence")
-    real_run = m._run_batch
-    poison = m.tokenizer.encode(["poison pill"])[0].ids.tolist()
+    real_run = m.text.run
+    poison = m.text.tokenizer.encode(["poison pill"])[0].ids.tolist()
 
     def flaky(seqs: Sequence[TokenizedText]) -> np.ndarray:
         if any(s.ids.tolist() == poison for s in seqs):
             raise RuntimeError("simulated ORT failure")
         return real_run(seqs)
 
-    m.scheduler._run_batch = flaky
+    m.scheduler._run_call = flaky
     try:
         async def run() -> list[object]:
             return await asyncio.gather(*(m.embed([t]) for t in ["fine one", "poison pill", "fine two"]),
@@ -127,12 +127,12 @@ def test_a_failing_batch_fails_only_its_own_requests(model_repo: Path) -> None:
 def test_lone_calls_use_every_thread_and_give_identical_vectors(model_repo: Path) -> None:
     m = load(model_repo, "sequence", lone_threads=2)
     try:
-        assert m.lone_session is not None
+        assert m.text.lone_session is not None
         lone = np.vstack([asyncio.run(m.embed([t])).vectors for t in TEXTS])  # one at a time: alone
         assert m.scheduler.stats.lone_calls == len(TEXTS)
         # The same sequences on the workers' one-thread session: bit for bit the same vectors,
         # so a lone call keeps the sequence policy batch-invariant.
-        single = np.vstack([m._run_batch(m.tokenizer.encode([t])) for t in TEXTS])
+        single = np.vstack([m.text.run(m.text.tokenizer.encode([t])) for t in TEXTS])
         assert np.array_equal(lone, single)
     finally:
         m.close()
@@ -142,7 +142,7 @@ def test_lone_session_is_not_used_while_another_call_runs(model_repo: Path) -> N
     m = load(model_repo, "sequence", lone_threads=2)
     release = threading.Event()
     running = threading.Event()
-    first_ids = m.tokenizer.encode(["the first caller"])[0].ids.tolist()
+    first_ids = m.text.tokenizer.encode(["the first caller"])[0].ids.tolist()
 
     def holding(run: Callable[[Sequence[TokenizedText]], np.ndarray]) -> Callable[[Sequence[TokenizedText]], np.ndarray]:
         def held(seqs: Sequence[TokenizedText]) -> np.ndarray:
@@ -153,7 +153,7 @@ def test_lone_session_is_not_used_while_another_call_runs(model_repo: Path) -> N
         return held
 
     m.scheduler._run_lone = holding(m.scheduler._run_lone)
-    m.scheduler._run_batch = holding(m.scheduler._run_batch)
+    m.scheduler._run_call = holding(m.scheduler._run_call)
 
     async def interleaved_round() -> None:
         """A call that starts alone, and a second caller arriving while it runs."""
@@ -218,7 +218,7 @@ def test_results_finished_while_the_loop_is_busy_share_one_wakeup(model_repo: Pa
         # One wake-up (or two: the first may land before the others finish) for six results.
         assert m.scheduler.stats.loop_wakeups - before <= 2
         # And each request still got its own vector.
-        alone = np.vstack([m._run_batch(m.tokenizer.encode([t])) for t in TEXTS])
+        alone = np.vstack([m.text.run(m.text.tokenizer.encode([t])) for t in TEXTS])
         assert np.allclose(np.vstack(vectors), alone, atol=1e-6)
     finally:
         m.close()
@@ -236,24 +236,70 @@ def test_lone_session_layout() -> None:
 
 def test_expired_work_is_dropped_not_computed(model_repo: Path) -> None:
     m = load(model_repo, "sequence", workers=1)
+    fast = m.scheduler._run_call
+
+    def slow(seqs: Sequence[TokenizedText]) -> np.ndarray:
+        time.sleep(0.3)  # slower than the queue's measured speed promised
+        return fast(seqs)
+
     try:
+        asyncio.run(m.embed(TEXTS))  # the queue learns how fast calls are
+        m.scheduler._run_call = slow
+
         async def run() -> None:
-            blocker = asyncio.ensure_future(m.embed(["keep the worker busy " * 40] * 200))
-            while m.scheduler.queued + m.scheduler.stats.sequences < 150:  # tokenized in a thread: wait until queued
-                await asyncio.sleep(0.001)
-            with pytest.raises(DeadlineExceeded):
-                await m.embed(["too late"] * 50, EmbedOptions(deadline=time.monotonic() + 0.001))
+            blocker = asyncio.ensure_future(m.embed(["keep the worker busy"]))
+            await asyncio.sleep(0.01)
+            with pytest.raises(DeadlineExceeded):  # admitted (the queue looked fast), then expired
+                await m.embed(["too late"] * 50, EmbedOptions(deadline=time.monotonic() + 0.1))
             await blocker
 
         asyncio.run(run())
-        assert m.scheduler.stats.dropped_sequences >= 50
-        assert m.scheduler.stats.sequences == 200  # only the blocker was computed
+        assert m.scheduler.stats.dropped_sequences >= 49
+        assert m.scheduler.stats.sequences <= len(TEXTS) + 2  # the late ones were not computed
+    finally:
+        m.close()
+
+
+def test_a_backlog_that_cannot_meet_the_deadline_is_refused_at_once(model_repo: Path) -> None:
+    m = load(model_repo, "sequence", workers=1)
+    try:
+        async def run() -> None:
+            await m.embed(TEXTS)  # the queue learns how fast calls are
+            backlog = asyncio.ensure_future(m.embed(["a passage that keeps the worker busy " * 20] * 400))
+            while m.scheduler.queued < 300:
+                await asyncio.sleep(0.001)
+            with pytest.raises(Overloaded, match="longer than the request's deadline allows"):
+                await m.embed(["cannot make it"], EmbedOptions(deadline=time.monotonic() + 0.05))
+            await backlog
+
+        asyncio.run(run())
+        assert m.scheduler.stats.rejected_requests == 1
+    finally:
+        m.close()
+
+
+def test_transports_take_turns_so_a_flood_on_one_cannot_starve_the_other(model_repo: Path) -> None:
+    m = load(model_repo, "sequence", workers=1)
+    try:
+        async def run() -> tuple[bool, int]:
+            flood = asyncio.ensure_future(m.embed(["flooding over REST " * 10] * 300, EmbedOptions(lane="rest")))
+            while m.scheduler.queued < 250:
+                await asyncio.sleep(0.001)
+            await m.embed(["one gRPC call"], EmbedOptions(lane="grpc"))
+            still_flooding, left = not flood.done(), m.scheduler.queued
+            await flood
+            return still_flooding, left
+
+        still_flooding, left = asyncio.run(run())
+        assert still_flooding and left > 200  # served in its turn, not behind 300 REST sequences
     finally:
         m.close()
 
 
 def test_full_queue_refuses_at_once(model_repo: Path) -> None:
     m = load(model_repo, "sequence", workers=1, max_queue=10)
+    fast = m.scheduler._run_call
+    m.scheduler._run_call = lambda seqs: time.sleep(0.05) or fast(seqs)  # the queue cannot drain meanwhile
     try:
         async def run() -> None:
             first = asyncio.ensure_future(m.embed(["fill the queue " * 30] * 10))

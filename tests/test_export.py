@@ -35,7 +35,7 @@ def exported(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 def _feeds(folder: Path) -> list[dict[str, np.ndarray]]:
     model = validate.served_model(folder)
     return [{"input_ids": s.ids[None], "attention_mask": np.ones_like(s.ids)[None], "token_type_ids": s.type_ids[None]}
-            for s in model.tokenizer.encode(TEXTS)]
+            for s in model.text.tokenizer.encode(TEXTS)]
 
 
 def test_each_recipe_is_recorded_with_its_fidelity(exported: dict[str, Path]) -> None:

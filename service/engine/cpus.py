@@ -1,6 +1,7 @@
 """How many CPUs this process may really use: affinity mask and cgroup quota, not host cores."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -37,3 +38,30 @@ def available_cpus(cgroup_root: Path = _CGROUP_ROOT) -> int:
     if quota is not None:
         count = min(count, max(1, math.ceil(quota)))
     return max(1, count)
+
+
+VNNI_ISAS = ("amx_int8", "avx512_vnni", "avx_vnni")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def int8_isa(flags: frozenset[str] | None = None) -> str:
+    """The best integer-dot-product instruction set: what int8 kernels run on here."""
+    flags = cpu_flags() if flags is None else flags
+    if not flags:
+        return "unknown"
+    return next((isa for isa in (*VNNI_ISAS, "avx512bw", "avx2") if isa in flags), "sse")
+
+
+def has_vnni(flags: frozenset[str] | None = None) -> bool:
+    """u8 x s8 dot products without saturation (VNNI or AMX). Without them ONNX Runtime's u8s8
+    kernels add pairs in 16 bits and can saturate, so int8 graphs are quantized u8u8 instead."""
+    return int8_isa(flags) in VNNI_ISAS

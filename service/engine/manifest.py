@@ -81,6 +81,10 @@ class Manifest:
     onnxruntime_version: str = ""
     fidelity: Fidelity | None = None
     vision: VisionConfig | None = None
+    # Other names the model answers to, e.g. its Hugging Face id "sentence-transformers/all-MiniLM-L6-v2".
+    aliases: tuple[str, ...] = ()
+    # Which backend runs the graphs (engine/backends): "onnxruntime" or "openvino".
+    backend: str = "onnxruntime"
     format_version: int = FORMAT_VERSION
 
     # ----------------------------------------------------------------------------------------
@@ -102,6 +106,7 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["inputs"] = list(self.inputs)
+        data["aliases"] = list(self.aliases)
         if self.matryoshka_dimensions is not None:
             data["matryoshka_dimensions"] = list(self.matryoshka_dimensions)
         return data
@@ -117,6 +122,7 @@ class Manifest:
                 raise ManifestError(f"unsupported manifest format_version {version}")
             kwargs = dict(data)
             kwargs["inputs"] = tuple(kwargs.get("inputs", cls.inputs))
+            kwargs["aliases"] = tuple(str(alias) for alias in kwargs.get("aliases") or ())
             if kwargs.get("matryoshka_dimensions") is not None:
                 kwargs["matryoshka_dimensions"] = tuple(int(d) for d in kwargs["matryoshka_dimensions"])
             if kwargs.get("fidelity"):
@@ -127,16 +133,24 @@ class Manifest:
                 vision["std"] = tuple(vision["std"])
                 kwargs["vision"] = VisionConfig(**vision)
             manifest = cls(**kwargs)
-        except (TypeError, KeyError, ValueError) as exc:
+            manifest._check()
+        except ManifestError:
+            raise
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
             raise ManifestError(f"invalid manifest: {exc}") from exc
-        if manifest.pooling not in ("mean", "cls", "last"):
-            raise ManifestError(f"unknown pooling {manifest.pooling!r}")
-        if manifest.dimensions < 1 or manifest.max_tokens < 1:
-            raise ManifestError("dimensions and max_tokens must be positive")
-        unknown_prompts = set(manifest.prompts) - set(PROMPT_INPUT_TYPES)
+        return manifest
+
+    def _check(self) -> None:
+        if self.pooling not in ("mean", "cls", "last"):
+            raise ManifestError(f"unknown pooling {self.pooling!r}")
+        for name in ("name", "model_file", "tokenizer_file", "output", "backend"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ManifestError(f"{name} must be a non-empty string")
+        if int(self.dimensions) != self.dimensions or self.dimensions < 1 or self.max_tokens < 1:
+            raise ManifestError("dimensions and max_tokens must be positive integers")
+        unknown_prompts = set(self.prompts) - set(PROMPT_INPUT_TYPES)
         if unknown_prompts:
             raise ManifestError(f"prompts for unknown input types {sorted(unknown_prompts)}")
-        return manifest
 
     @classmethod
     def read(cls, folder: Path) -> "Manifest":

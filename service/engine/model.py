@@ -1,25 +1,24 @@
-"""One served model: tokenizer + shared ORT session + scheduler, behind `embed()`."""
+"""One served model: a small composition of towers (a text tower, a vision tower, or both) that
+checks what a caller asks (input type, dimensions, modality) and hands the work to the tower."""
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from .backends import Backend, BackendSettings, open_backend
-from .errors import InvalidDimensions, InvalidInput
+
+from .backends import BackendSettings
+from .errors import InvalidDimensions, InvalidInput, UnsupportedModality
 from .manifest import Manifest
-from .pooling import l2_normalize, pool, truncate_dimensions
-from .scheduler import BatchPolicy, Scheduler
-from .tokenizer import TextTokenizer, TokenizedText
+from .policy import BatchPolicy
+from .pooling import truncate_dimensions
+from .towers import Embedded, TextTower, Tower, TowerSettings
+from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
-# Above this many characters a request is tokenized in a thread, off the event loop.
-_INLINE_TOKENIZE_CHARS = 8192
 INPUT_TYPES = ("search", "ingest", "classification", "clustering", "unspecified")
 
 
@@ -29,126 +28,135 @@ class EmbedOptions:
     dimensions: int | None = None
     truncate: bool = True
     deadline: float | None = None  # time.monotonic() by which the answer is useless
+    lane: str = ""  # the transport: each has its own lane in a tower's queue
 
 
 @dataclass(frozen=True)
 class Embeddings:
     vectors: np.ndarray  # (n, dimensions) float32, normalized when the model normalizes
     prompt_tokens: int
+    tokenize_seconds: float = 0.0
+    queue_seconds: float = 0.0
+    inference_seconds: float = 0.0
+    lengths: list[int] | None = None  # tokens per sequence (text)
+
+    @staticmethod
+    def of(embedded: Embedded, vectors: np.ndarray) -> "Embeddings":
+        computed = embedded.computed
+        return Embeddings(vectors=vectors, prompt_tokens=embedded.tokens, tokenize_seconds=embedded.preprocess_seconds,
+                          queue_seconds=computed.queue_seconds, inference_seconds=computed.inference_seconds,
+                          lengths=embedded.lengths)
 
 
 @dataclass(frozen=True)
 class ModelSettings:
-    workers: int
+    workers: int  # the private pool's size when the model is built without a shared pool
     session: BackendSettings
     policy: BatchPolicy
-    # A second session for calls that run alone (see Scheduler); None: every call uses `session`.
     lone_session: BackendSettings | None = None
     backend: str = "onnxruntime"
+    image_policy: BatchPolicy | None = None  # None: `policy`
+    image_limits: object = None  # images.ImageLimits; None: its defaults
+
+    def tower(self, image: bool = False) -> TowerSettings:
+        if image:
+            return TowerSettings(self.backend, self.session, self.image_policy or self.policy)
+        return TowerSettings(self.backend, self.session, self.policy, self.lone_session)
 
 
 class EmbeddingModel:
-    def __init__(self, folder: Path, manifest: Manifest, settings: ModelSettings) -> None:
+    def __init__(self, folder: Path, manifest: Manifest, settings: ModelSettings,
+                 pool: WorkerPool | None = None) -> None:
         self.folder = folder
         self.manifest = manifest
         self.name = manifest.name
         self.settings = settings
-        self.tokenizer = TextTokenizer(folder / manifest.tokenizer_file, manifest.max_tokens)
-        self.session = open_backend(settings.backend, folder / manifest.model_file, manifest.output, settings.session)
-        graph_inputs = self.session.input_names
-        missing = set(manifest.inputs) - graph_inputs
-        if missing:
-            raise ValueError(f"model [{self.name}]: graph lacks inputs {sorted(missing)}")
-        self._feeds = tuple(name for name in ("input_ids", "attention_mask", "token_type_ids") if name in graph_inputs)
-        self.lone_session = (open_backend(settings.backend, folder / manifest.model_file, manifest.output,
-                                          settings.lone_session)
-                             if settings.lone_session is not None else None)
-        self.scheduler = Scheduler(self.name, self._run_batch, manifest.dimensions, settings.policy, settings.workers,
-                                   run_lone=self._run_lone if self.lone_session is not None else None)
+        # A model built on its own (export validation, tools) gets a private pool.
+        self._own_pool = pool is None
+        self.pool = pool or WorkerPool(settings.workers, name=f"ortembed-{manifest.name}")
+        self.towers: dict[str, Tower] = {}
+        if manifest.accepts_text:
+            self.towers["text"] = TextTower(folder, manifest, settings.tower(), self.pool)
+        if manifest.accepts_images:
+            if manifest.vision is None:
+                raise ValueError(f"model [{manifest.name}] claims images but its manifest has no [vision] block")
+            from .images import ImageLimits
+            from .vision import VisionTower
+
+            limits = settings.image_limits or ImageLimits()
+            self.towers["image"] = VisionTower(folder, manifest.name, manifest.vision, settings.tower(image=True),
+                                               self.pool, manifest.dimensions, limits)  # type: ignore[arg-type]
         self.ready = False
+
+    @property
+    def text(self) -> TextTower:
+        tower = self.towers.get("text")
+        if not isinstance(tower, TextTower):
+            raise UnsupportedModality(f"model [{self.name}] accepts {self.manifest.modality} only, not text")
+        return tower
+
+    @property
+    def scheduler(self):  # noqa: ANN201 - the text tower's (or the only tower's) queue
+        return (self.towers.get("text") or next(iter(self.towers.values()))).scheduler
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        self.scheduler.start()
+        for tower in self.towers.values():
+            tower.scheduler.open()
+        if self._own_pool:
+            self.pool.start()
 
-    def warm_up(self) -> float:
-        """Run the graph at a few shapes so the first caller pays no allocation cost."""
-        started = time.perf_counter()
-        for count, text in ((1, "warm up"), (4, "warm up the arena with a somewhat longer sentence " * 4)):
-            seqs = self.tokenizer.encode([text] * count)
-            self._run_batch(seqs)
-            if self.lone_session is not None:
-                self._run_lone(seqs)
+    def warm_up(self) -> None:
+        for tower in self.towers.values():
+            tower.warm_up()
         self.ready = True
-        return time.perf_counter() - started
 
     def close(self) -> None:
         self.ready = False
-        self.scheduler.close()
+        for tower in self.towers.values():
+            tower.close()
+        if self._own_pool:
+            self.pool.close()
 
-    # -- the hot path ------------------------------------------------------------------------
-    def _run_batch(self, seqs: Sequence[TokenizedText]) -> np.ndarray:
-        return self._run_on(self.session, seqs)
+    @property
+    def idle(self) -> bool:
+        return all(tower.scheduler.idle for tower in self.towers.values())
 
-    def _run_lone(self, seqs: Sequence[TokenizedText]) -> np.ndarray:
-        assert self.lone_session is not None
-        return self._run_on(self.lone_session, seqs)
-
-    def _run_on(self, session: Backend, seqs: Sequence[TokenizedText]) -> np.ndarray:
-        """One session call (worker thread). Right-pads to the longest sequence."""
-        count = len(seqs)
-        lengths = np.fromiter((s.length for s in seqs), dtype=np.int64, count=count)
-        width = int(lengths.max())
-        if count == 1:
-            ids = seqs[0].ids[None, :]
-            type_ids = seqs[0].type_ids[None, :]
-            mask = np.ones_like(ids)
-        else:
-            ids = np.zeros((count, width), dtype=np.int64)
-            type_ids = np.zeros((count, width), dtype=np.int64)
-            for row, seq in enumerate(seqs):
-                ids[row, : seq.length] = seq.ids
-                type_ids[row, : seq.length] = seq.type_ids
-            mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
-        available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
-        feeds = {name: available[name] for name in self._feeds}
-        output = session.run(feeds)
-        vectors = output if self.manifest.output_is_pooled else pool(output, lengths, self.manifest.pooling)
-        return l2_normalize(vectors) if self.manifest.normalize else np.asarray(vectors, dtype=np.float32)
-
-    def prompt_for(self, input_type: str | None) -> str:
-        if not input_type:
-            return ""
-        return self.manifest.prompts.get(input_type, "")
-
+    # -- what callers ask --------------------------------------------------------------------
     def check_dimensions(self, dimensions: int | None) -> None:
-        if dimensions is None:
+        if dimensions is None or self.manifest.allows_dimensions(dimensions):
             return
-        if not self.manifest.allows_dimensions(dimensions):
-            allowed = (
-                f"one of {list(self.manifest.matryoshka_dimensions)}"
-                if self.manifest.matryoshka_dimensions is not None
-                else f"between 1 and {self.manifest.dimensions}"
-            )
-            raise InvalidDimensions(
-                f"dimensions [{dimensions}] is not valid for model [{self.name}]: must be {allowed}"
-            )
+        allowed = (f"one of {list(self.manifest.matryoshka_dimensions)}"
+                   if self.manifest.matryoshka_dimensions is not None else f"between 1 and {self.manifest.dimensions}")
+        raise InvalidDimensions(f"dimensions [{dimensions}] is not valid for model [{self.name}]: must be {allowed}")
 
-    async def embed(self, texts: Sequence[str], options: EmbedOptions = EmbedOptions()) -> Embeddings:
-        if not self.manifest.accepts_text:
-            raise InvalidInput(f"model [{self.name}] accepts only images, not text")
+    def _check(self, options: EmbedOptions) -> None:
         self.check_dimensions(options.dimensions)
         if options.input_type is not None and options.input_type not in INPUT_TYPES:
             raise InvalidInput(f"Unrecognized input_type [{options.input_type}]", param="input_type")
+
+    def prompt_for(self, input_type: str | None) -> str:
+        return self.manifest.prompts.get(input_type, "") if input_type else ""
+
+    async def embed(self, texts: Sequence[str], options: EmbedOptions = EmbedOptions()) -> Embeddings:
+        """Texts through the text tower, the input type's prompt applied."""
+        tower = self.text
+        self._check(options)
         prompt = self.prompt_for(options.input_type)
         batch = [prompt + text for text in texts] if prompt else list(texts)
-        if sum(map(len, batch)) > _INLINE_TOKENIZE_CHARS:
-            seqs = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self.tokenizer.encode(batch, truncate=options.truncate)
-            )
-        else:
-            seqs = self.tokenizer.encode(batch, truncate=options.truncate)
-        vectors = await self.scheduler.submit(seqs, options.deadline)
-        if options.dimensions is not None:
-            vectors = truncate_dimensions(vectors, options.dimensions)
-        return Embeddings(vectors=vectors, prompt_tokens=sum(s.length for s in seqs))
+        embedded = await tower.embed(batch, truncate=options.truncate, deadline=options.deadline, lane=options.lane)
+        return Embeddings.of(embedded, self._sized(embedded.computed.vectors, options))
+
+    async def embed_images(self, images: Sequence[bytes], options: EmbedOptions = EmbedOptions()) -> Embeddings:
+        """Encoded images through the vision tower."""
+        tower = self.towers.get("image")
+        if tower is None:
+            raise UnsupportedModality(f"model [{self.name}] accepts {self.manifest.modality} only, not images")
+        self._check(options)
+        embedded = await tower.embed(list(images), deadline=options.deadline, lane=options.lane)  # type: ignore[attr-defined]
+        return Embeddings.of(embedded, self._sized(embedded.computed.vectors, options))
+
+    @staticmethod
+    def _sized(vectors: np.ndarray, options: EmbedOptions) -> np.ndarray:
+        """Matryoshka: the first `dimensions`, re-normalised."""
+        return truncate_dimensions(vectors, options.dimensions) if options.dimensions is not None else vectors

@@ -1,85 +1,61 @@
-"""Per-model scheduler: a bounded queue of sequences and worker threads that form session calls.
+"""One tower's queue: callers submit prepared items from the event loop and await a future; the
+shared worker pool (workers.py) takes session calls from it, formed by the tower's policy:
 
-Callers submit already-tokenized sequences from the event loop and await a future. Worker
-threads take sequences from the queue whenever they are free (no fixed wait for company: work
-that arrives while the workers are busy is what gets batched) and form each session call by
-the configured policy:
+- ``sequence``: one item per call. No padding, and batch-invariant under dynamic int8.
+- ``batch``: the oldest waiting item plus the waiting items closest to it in length, up to
+  ``max_batch`` items and a padded-token budget (longest x count).
+- ``hybrid``: batch only items of at most ``short_tokens`` tokens; longer ones run alone.
 
-- ``sequence``: one sequence per call. No padding, and batch-invariant under dynamic int8.
-- ``batch``: the oldest waiting sequence plus the waiting sequences closest to it in length,
-  up to ``max_batch`` sequences and a padded-token budget (longest x count).
-- ``hybrid``: batch only sequences of at most ``short_tokens`` tokens; longer ones run alone.
+Admission is fair and fast. Items wait in one lane per transport (REST, gRPC), taken in turn, so a
+flood on one transport cannot push the other's calls past their deadlines. A request whose
+deadline the queue could not meet (its lane's backlog at the measured speed) is refused at once
+(Overloaded: 429 / RESOURCE_EXHAUSTED) instead of waiting to time out; so is one that does not fit
+the bounded queue.
 
-A call that would run alone (no other worker busy, nothing else waiting) may go to a second
-runner, ``run_lone``: the model gives it a session with every CPU's thread, so a lone query is
-not held to one core. Results are bit-identical across intra-op thread counts (checked in
-tests/test_engine.py), so this keeps the sequence policy batch-invariant. That pays when
-traffic is sparse; when callers interleave, the next caller's call starts during the lone one
-and the two fight for the cores. So the scheduler keeps a moving average of how often a call
-that started alone got company before it ended, and runs lone calls only while that is low.
-
-Sequences whose caller has gone away or whose deadline has passed are dropped when taken, never
-computed. A failing call fails only the requests with sequences in it; the worker lives on.
+Items whose caller has gone away or whose deadline has passed are dropped when taken, never
+computed. A failing call fails only the requests with items in it, at once; a call that returns
+the wrong shape fails the same way (never a request left hanging).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .errors import DeadlineExceeded, EngineError, InferenceFailed, NotReady, Overloaded
-from .tokenizer import TokenizedText
+from .jobs import Computed, Item, Job, call_soon, deliver, set_exception
+from .policy import POLICIES, BatchPolicy, PolicyName  # noqa: F401 - re-exported
+from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
-PolicyName = Literal["sequence", "batch", "hybrid"]
-POLICIES: tuple[PolicyName, ...] = ("sequence", "batch", "hybrid")
 
-# Runs one session call: sequences in, one float32 vector per sequence out.
-RunBatch = Callable[[Sequence[TokenizedText]], np.ndarray]
-
-# The moving average of "a call that started alone got company": each such call moves it by
-# this weight, and lone calls run only while it is under the limit (about 7 joined calls in a
-# row turn them off; two or three calls alone turn them back on).
-_COMPANY_WEIGHT = 0.1
-_COMPANY_LIMIT = 0.5
+# Runs one session call: prepared items in, one float32 vector per item out (worker thread).
+RunCall = Callable[[Sequence[Any]], np.ndarray]
+# Turns a queued payload into what RunCall takes (worker thread); raises EngineError for a bad one.
+Prepare = Callable[[Any], Any]
 
 # How far into the queue a worker looks for length-matched companions: bounds the cost of
 # forming a batch when a huge request is waiting.
 _COMPANION_WINDOW = 1024
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    mode: PolicyName = "sequence"
-    # On 2 cores length-sorted batches of 2-8 beat 32 or 64 (bench/RESULTS.md, raw sweep).
-    max_batch: int = 8
-    max_batch_tokens: int = 2048
-    short_tokens: int = 64
-    max_queue: int = 8192
-
-    def __post_init__(self) -> None:
-        if self.mode not in POLICIES:
-            raise ValueError(f"unknown batching policy {self.mode!r}; expected one of {POLICIES}")
-        if min(self.max_batch, self.max_batch_tokens, self.short_tokens, self.max_queue) < 1:
-            raise ValueError("batch policy limits must be positive")
+_COST_WEIGHT = 0.2  # moving average of the seconds one unit of work (a token, an image) costs
 
 
 @dataclass
 class SchedulerStats:
-    """Counters read by /metrics. Written by workers under the scheduler lock."""
+    """Counters read by /metrics. Written under the pool's lock."""
 
     calls: int = 0
     sequences: int = 0
     tokens: int = 0
     padded_tokens: int = 0
     failed_calls: int = 0
+    failed_items: int = 0  # items refused while being prepared (a broken image)
     dropped_sequences: int = 0
     rejected_requests: int = 0
     busy_seconds: float = 0.0
@@ -88,98 +64,105 @@ class SchedulerStats:
     batch_sizes: dict[int, int] = field(default_factory=dict)
 
 
-class _Job:
-    """One caller's request: where its vectors go and how many are still missing."""
+@dataclass(frozen=True)
+class CallRecord:
+    """One finished session call, for observers (metrics)."""
 
-    __slots__ = ("future", "loop", "vectors", "remaining", "deadline")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, count: int, dim: int, deadline: float | None) -> None:
-        self.loop = loop
-        self.future: asyncio.Future[np.ndarray] = loop.create_future()
-        self.vectors = np.empty((count, dim), dtype=np.float32)
-        self.remaining = count
-        self.deadline = deadline
-
-    def abandoned(self, now: float) -> bool:
-        # Reading a future's state from a worker thread is a plain attribute read; only the loop
-        # ever changes it.
-        return self.future.done() or (self.deadline is not None and now >= self.deadline)
-
-
-class _Item:
-    __slots__ = ("job", "slot", "seq", "length")
-
-    def __init__(self, job: _Job, slot: int, seq: TokenizedText) -> None:
-        self.job = job
-        self.slot = slot
-        self.seq = seq
-        self.length = seq.length
+    seconds: float
+    items: int
+    tokens: int
+    padded_tokens: int
+    queue_waits: tuple[float, ...]
+    lengths: tuple[int, ...]
+    prepare_seconds: tuple[float, ...]  # per item (images: decoding), empty when nothing is prepared
+    lone: bool
 
 
 class Scheduler:
-    def __init__(self, name: str, run_batch: RunBatch, dim: int, policy: BatchPolicy, workers: int,
-                 run_lone: RunBatch | None = None) -> None:
-        self.name = name
+    def __init__(self, name: str, pool: WorkerPool, run: RunCall, dim: int, policy: BatchPolicy,
+                 run_lone: RunCall | None = None, prepare: Prepare | None = None) -> None:
+        self.name = name  # "model" or "model/image"
+        self.pool = pool
         self.policy = policy
+        self.dim = dim
         self.stats = SchedulerStats()
-        self._run_batch = run_batch
+        self.observers: list[Callable[[CallRecord], None]] = []
+        self._run_call = run
         self._run_lone = run_lone
-        self._busy = 0  # workers inside a session call (lock held to read or change)
-        self._company = 0.0  # moving average: how often a call that started alone got company
-        self._solo_running = False  # a call that started alone is running (at most one can)
-        self._solo_joined = False  # ... and another call started before it ended
-        # Results waiting for their loop's next pass; a loop is a key while a drain is scheduled.
-        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Item, np.ndarray]]] = {}
-        self._outbox_lock = threading.Lock()
-        self._dim = dim
-        self._workers_wanted = max(1, workers)
-        self._pending: deque[_Item] = deque()
-        self._cond = threading.Condition()
+        self._prepare = prepare
+        self._lanes: dict[str, deque[Item]] = {}
+        self._lane_units: dict[str, int] = {}
+        self._lane_turn: deque[str] = deque()
+        self.queued = 0
+        self._queued_units = 0
+        self._cost: float | None = None  # seconds per unit, measured
+        self._running = 0
         self._closed = False
-        self._threads: list[threading.Thread] = []
-
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        for index in range(self._workers_wanted):
-            thread = threading.Thread(target=self._work, name=f"ortembed-{self.name}-{index}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            leftover, self._pending = self._pending, deque()
-            self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=30)
-        self._fail({item.job for item in leftover}, NotReady("the server is shutting down"))
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[Item, np.ndarray]]] = {}
 
     @property
-    def queued(self) -> int:
-        return len(self._pending)
+    def can_run_lone(self) -> bool:
+        return self._run_lone is not None
+
+    @property
+    def idle(self) -> bool:
+        return not self.queued and not self._running
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> None:
+        self.pool.attach(self)
+
+    def close(self) -> None:
+        """Stop taking work, fail whatever still waits, leave the pool."""
+        with self.pool.cond:
+            self._closed = True
+            leftover = [item for lane in self._lanes.values() for item in lane]
+            self._lanes.clear()
+            self._lane_units.clear()
+            self._lane_turn.clear()
+            self.queued = self._queued_units = 0
+        self.pool.detach(self)
+        self._fail({item.job for item in leftover}, NotReady(f"[{self.name}] was unloaded"))
 
     # -- the caller's side (event loop) ------------------------------------------------------
-    async def submit(self, seqs: Sequence[TokenizedText], deadline: float | None = None) -> np.ndarray:
-        """Queue the sequences and wait for their vectors, (len(seqs), dim) float32."""
-        if not seqs:
-            return np.empty((0, self._dim), dtype=np.float32)
-        job = _Job(asyncio.get_running_loop(), len(seqs), self._dim, deadline)
-        with self._cond:
+    def estimated_wait(self, lane: str, units: int) -> float | None:
+        """Lock held: seconds until `units` more in `lane` would be computed, or None (unknown)."""
+        if self._cost is None:
+            return None
+        ahead = self._lane_units.get(lane, 0)
+        lanes = max(1, sum(1 for name, queue in self._lanes.items() if queue or name == lane))
+        return min(self._queued_units + units, (ahead + units) * lanes) * self._cost / self.pool.size
+
+    async def submit(self, payloads: Sequence[Any], lengths: Sequence[int], deadline: float | None = None,
+                     lane: str = "") -> Computed:
+        """Queue the items and wait for their vectors, (len(payloads), dim) float32."""
+        if not payloads:
+            return Computed(np.empty((0, self.dim), dtype=np.float32), 0.0, 0.0)
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        job = Job(loop, len(payloads), self.dim, deadline, now)
+        with self.pool.cond:
             if self._closed:
-                raise NotReady(f"model [{self.name}] is shutting down")
-            # A request larger than the whole queue is still admitted into an empty queue.
-            if self._pending and len(self._pending) + len(seqs) > self.policy.max_queue:
-                self.stats.rejected_requests += 1
-                raise Overloaded(f"model [{self.name}] is overloaded: its queue is full, retry later")
-            self._pending.extend(_Item(job, slot, seq) for slot, seq in enumerate(seqs))
-            self._cond.notify(min(len(seqs), self._workers_wanted))
+                raise NotReady(f"[{self.name}] is not serving (unloaded or shutting down)")
+            self._admit(len(payloads), sum(lengths), deadline, lane, now)
+            queue = self._lanes.get(lane)
+            if queue is None:
+                queue = self._lanes[lane] = deque()
+                self._lane_turn.append(lane)
+            items = [Item(job, slot, payload, length, now, lane)
+                     for slot, (payload, length) in enumerate(zip(payloads, lengths))]
+            queue.extend(items)
+            self._enqueued(items)
+            self.pool.cond.notify(min(len(payloads), self.pool.size))
         # A plain timer rather than asyncio.wait_for: no extra task or waiter per request.
         timer = None
         if deadline is not None:
-            timer = job.loop.call_later(max(0.0, deadline - time.monotonic()), _set_exception, job,
-                                        DeadlineExceeded("the request's deadline passed before it was computed"))
+            timer = loop.call_later(max(0.0, deadline - now), set_exception, job,
+                                    DeadlineExceeded("the request's deadline passed before it was computed"))
         try:
-            return await job.future
+            vectors = await job.future
+            started = job.started if job.started is not None else job.finished
+            return Computed(vectors, started - job.submitted, job.finished - started)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -187,62 +170,65 @@ class Scheduler:
             if not job.future.done():
                 job.future.cancel()
 
-    # -- the workers' side -------------------------------------------------------------------
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                batch = self._take()
-                if not batch:
-                    continue
-                # Alone on the machine: nobody else computing and nobody waiting to.
-                alone = self._busy == 0 and not self._pending
-                if alone:
-                    self._solo_running, self._solo_joined = True, False
-                elif self._solo_running:
-                    self._solo_joined = True
-                lone = self._run_lone is not None and alone and self._company < _COMPANY_LIMIT
-                self._busy += 1
-            self._run(batch, lone, alone)
+    def _admit(self, count: int, units: int, deadline: float | None, lane: str, now: float) -> None:
+        """Lock held: refuse at once what the queue cannot hold or cannot finish in time."""
+        # A request larger than the whole queue is still admitted into an empty queue.
+        if self.queued and self.queued + count > self.policy.max_queue:
+            self.stats.rejected_requests += 1
+            raise Overloaded(f"[{self.name}] is overloaded: its queue is full, retry later")
+        wait = self.estimated_wait(lane, units)
+        if deadline is not None and self.queued and wait is not None and now + wait > deadline:
+            self.stats.rejected_requests += 1
+            raise Overloaded(f"[{self.name}] is overloaded: the queue ahead would take about {wait:.1f} s, "
+                             f"longer than the request's deadline allows; retry later")
 
-    def _call_ended(self, alone: bool) -> None:
-        """Bookkeeping when a call ends (lock held)."""
-        self._busy -= 1
-        if alone:
-            self._company += _COMPANY_WEIGHT * ((1.0 if self._solo_joined else 0.0) - self._company)
-            self._solo_running = False
+    # -- the workers' side (lock held in take) -----------------------------------------------
+    def _pop(self, now: float) -> tuple[Item, deque[Item]] | None:
+        """The next live item, lanes in turn; drops abandoned ones."""
+        for _ in range(len(self._lane_turn)):
+            lane = self._lane_turn[0]
+            self._lane_turn.rotate(-1)
+            queue = self._lanes[lane]
+            while queue:
+                item = queue.popleft()
+                self._dequeued(item)
+                if not item.job.abandoned(now):
+                    return item, queue
+                self.stats.dropped_sequences += 1
+        return None
 
-    def _take(self) -> list[_Item]:
-        """Remove and return the next call's items (lock held). Drops abandoned items.
+    def _enqueued(self, items: list[Item]) -> None:
+        for item in items:
+            self._lane_units[item.lane] = self._lane_units.get(item.lane, 0) + item.length
+        self.queued += len(items)
+        self._queued_units += sum(item.length for item in items)
 
-        Only the head of the queue (and, when batching, a bounded window behind it) is looked
-        at, so a long queue costs nothing per call.
-        """
-        now = time.monotonic()
-        pending = self._pending
-        while pending and pending[0].job.abandoned(now):
-            pending.popleft()
-            self.stats.dropped_sequences += 1
-        if not pending:
+    def _dequeued(self, item: Item) -> None:
+        self.queued -= 1
+        self._queued_units -= item.length
+        self._lane_units[item.lane] -= item.length
+
+    def take(self, now: float) -> list[Item]:
+        """Remove and return the next call's items (pool lock held). Only the head of a lane (and,
+        when batching, a bounded window behind it) is looked at."""
+        found = self._pop(now)
+        if found is None:
             return []
-        anchor = pending.popleft()
+        anchor, pending = found
         policy = self.policy
         if policy.mode == "sequence" or (policy.mode == "hybrid" and anchor.length > policy.short_tokens):
+            self._running += 1
             return [anchor]
-        window: list[_Item] = []
+        window: list[Item] = []
         while pending and len(window) < _COMPANION_WINDOW:
             item = pending.popleft()
+            self._dequeued(item)
             if item.job.abandoned(now):
                 self.stats.dropped_sequences += 1
             else:
                 window.append(item)
-        if policy.mode == "hybrid":
-            candidates = [i for i, item in enumerate(window) if item.length <= policy.short_tokens]
-        else:
-            candidates = list(range(len(window)))
+        candidates = [i for i, item in enumerate(window)
+                      if policy.mode == "batch" or item.length <= policy.short_tokens]
         candidates.sort(key=lambda i: abs(window[i].length - anchor.length))
         chosen: set[int] = set()
         longest = anchor.length
@@ -254,87 +240,108 @@ class Scheduler:
                 continue
             chosen.add(i)
             longest = widest
-        # What was not chosen goes back to the head of the queue, in its order.
-        pending.extendleft(reversed([item for i, item in enumerate(window) if i not in chosen]))
+        # What was not chosen goes back to the head of its lane, in its order.
+        back = [item for i, item in enumerate(window) if i not in chosen]
+        pending.extendleft(reversed(back))
+        self._enqueued(back)
+        self._running += 1
         return [anchor] + [window[i] for i in sorted(chosen)]
 
-    def _run(self, batch: list[_Item], lone: bool = False, alone: bool = False) -> None:
+    def run(self, batch: list[Item], lone: bool, ended: Callable[[], None]) -> None:
+        """One session call in a worker thread; `ended` tells the pool the cores are free."""
+        began = time.monotonic()
         started = time.perf_counter()
-        run = self._run_lone if lone and self._run_lone is not None else self._run_batch
+        prepared: list[float] = []
         try:
-            vectors = run([item.seq for item in batch])
-        except Exception as exc:  # noqa: BLE001 - any failure fails this batch only
-            log.exception("model [%s]: session call over %d sequences failed", self.name, len(batch))
-            with self._cond:
-                self._call_ended(alone)
+            batch = self._prepared(batch, prepared)
+            run = self._run_lone if lone and self._run_lone is not None else self._run_call
+            vectors = run([item.payload for item in batch]) if batch else np.empty((0, self.dim), np.float32)
+            if vectors.shape != (len(batch), self.dim):
+                raise InferenceFailed(f"the graph returned shape {tuple(vectors.shape)}, expected "
+                                      f"({len(batch)}, {self.dim}): the model folder is inconsistent")
+        except Exception as exc:  # noqa: BLE001 - any failure fails this call's requests only
+            ended()
+            log.exception("[%s]: session call over %d items failed", self.name, len(batch))
+            with self.pool.cond:
+                self._running -= 1
                 self.stats.failed_calls += 1
-            self._fail({item.job for item in batch}, InferenceFailed(f"inference failed on model [{self.name}]: {exc}"))
+            error = exc if isinstance(exc, InferenceFailed) else InferenceFailed(f"inference failed on [{self.name}]: {exc}")
+            self._fail({item.job for item in batch}, error)
             return
+        ended()
         elapsed = time.perf_counter() - started
-        longest = max(item.length for item in batch)
-        with self._cond:
-            # Idle again before the callers hear back, so that their next call can run lone.
-            self._call_ended(alone)
-            stats = self.stats
-            stats.calls += 1
-            stats.sequences += len(batch)
-            stats.tokens += sum(item.length for item in batch)
-            stats.padded_tokens += longest * len(batch)
-            stats.busy_seconds += elapsed
-            stats.lone_calls += lone
-            stats.batch_sizes[len(batch)] = stats.batch_sizes.get(len(batch), 0) + 1
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Item, np.ndarray]]] = {}
+        self._account(batch, elapsed, lone, began, tuple(prepared))
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Item, np.ndarray]]] = {}
         for item, vector in zip(batch, vectors):
             by_loop.setdefault(item.job.loop, []).append((item, vector))
         for loop, results in by_loop.items():
             self._post(loop, results)
 
-    def _post(self, loop: asyncio.AbstractEventLoop, results: list[tuple[_Item, np.ndarray]]) -> None:
+    def _prepared(self, batch: list[Item], seconds: list[float]) -> list[Item]:
+        """Payloads made ready for the graph (decoded images); an item that cannot be fails its
+        own request and leaves the call. `seconds` gets each item's preparation time."""
+        if self._prepare is None:
+            return batch
+        kept = []
+        for item in batch:
+            started = time.perf_counter()
+            try:
+                item.payload = self._prepare(item.payload)
+                seconds.append(time.perf_counter() - started)
+            except EngineError as exc:
+                with self.pool.cond:
+                    self.stats.failed_items += 1
+                self._fail({item.job}, exc)
+                continue
+            kept.append(item)
+        return kept
+
+    def _account(self, batch: list[Item], elapsed: float, lone: bool, began: float,
+                 prepared: tuple[float, ...]) -> None:
+        lengths = tuple(item.length for item in batch)
+        record = CallRecord(seconds=elapsed, items=len(batch), tokens=sum(lengths), lengths=lengths,
+                            padded_tokens=max(lengths, default=0) * len(batch), lone=lone, prepare_seconds=prepared,
+                            queue_waits=tuple(began - item.queued_at for item in batch))
+        with self.pool.cond:
+            for job in {item.job for item in batch}:
+                job.started = began if job.started is None else min(job.started, began)
+                job.finished = max(job.finished, began + elapsed)
+            self._running -= 1
+            stats = self.stats
+            stats.calls += 1
+            stats.sequences += record.items
+            stats.tokens += record.tokens
+            stats.padded_tokens += record.padded_tokens
+            stats.busy_seconds += elapsed
+            stats.lone_calls += lone
+            stats.batch_sizes[record.items] = stats.batch_sizes.get(record.items, 0) + 1
+            if record.padded_tokens:
+                cost = elapsed / record.padded_tokens
+                self._cost = cost if self._cost is None else self._cost + _COST_WEIGHT * (cost - self._cost)
+        for observe in self.observers:
+            observe(record)
+
+    def _post(self, loop: asyncio.AbstractEventLoop, results: list[tuple[Item, np.ndarray]]) -> None:
         """Hand results to their loop. Only the first result since the loop last drained its
         outbox wakes it: under load one wake-up (a self-pipe write and a loop pass) carries
         every result the workers finished meanwhile, not one each."""
-        with self._outbox_lock:
+        with self.pool.cond:
             box = self._outbox.get(loop)
             if box is not None:
                 box.extend(results)
                 return
             self._outbox[loop] = list(results)
-        if not _call_soon(loop, self._drain, loop):
-            with self._outbox_lock:  # a closed loop: nobody will drain it
+        if not call_soon(loop, self._drain, loop):
+            with self.pool.cond:  # a closed loop: nobody will drain it
                 self._outbox.pop(loop, None)
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._outbox_lock:
+        with self.pool.cond:
             results = self._outbox.pop(loop, [])
             self.stats.loop_wakeups += 1
-        _deliver(results)
+        deliver(results)
 
     @staticmethod
-    def _fail(jobs: set[_Job], error: EngineError) -> None:
+    def _fail(jobs: set[Job], error: EngineError) -> None:
         for job in jobs:
-            _call_soon(job.loop, _set_exception, job, error)
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> bool:
-    try:
-        loop.call_soon_threadsafe(callback, *args)
-    except RuntimeError:  # the loop is closed: nobody is waiting any more
-        return False
-    return True
-
-
-def _deliver(results: list[tuple[_Item, np.ndarray]]) -> None:
-    """On the loop: place vectors in their request and resolve requests that are complete."""
-    for item, vector in results:
-        job = item.job
-        if job.future.done():
-            continue
-        job.vectors[item.slot] = vector
-        job.remaining -= 1
-        if job.remaining == 0:
-            job.future.set_result(job.vectors)
-
-
-def _set_exception(job: _Job, error: EngineError) -> None:
-    if not job.future.done():
-        job.future.set_exception(error)
+            call_soon(job.loop, set_exception, job, error)

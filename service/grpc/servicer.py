@@ -17,11 +17,11 @@ import grpc
 from ..api_errors import IllegalArgument
 from ..auth import Authenticator
 from ..config import Settings
-from ..embedding import EmbedRequest, EmbedResult, embed, find_target, image_tower_unserved
+from ..embedding import EmbedRequest, EmbedResult, embed
 from ..engine.encodings import ElementType
-from ..engine.errors import UnsupportedModality
+from ..inputs import Input, check_inputs
 from ..engine.repository import ModelRepository
-from ..metrics import RequestMetrics
+from ..metrics import ServiceMetrics
 from ..targets import EndpointLookup
 from .errors import failure
 from .gen import embeddings_pb2 as pb
@@ -56,12 +56,13 @@ def peer_host(peer: str | None) -> str:
 
 class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
     def __init__(self, settings: Settings, repository: ModelRepository, endpoints: EndpointLookup | None,
-                 auth: Authenticator, metrics: RequestMetrics) -> None:
+                 auth: Authenticator, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.repository = repository
         self.endpoints = endpoints
         self.auth = auth
         self.metrics = metrics
+        self.limits = settings.input_limits()
 
     # -- one request ---------------------------------------------------------------------
     def _call(self, request: pb.EmbedRequest | Malformed, deadline: float) -> EmbedRequest:
@@ -71,37 +72,23 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
             raise IllegalArgument("[model] is required", param="model")
         if not request.inputs:
             raise IllegalArgument("[inputs] cannot be empty", param="inputs")
-        if len(request.inputs) > self.settings.max_inputs:
-            raise IllegalArgument(f"[inputs] has {len(request.inputs)} items; the limit is {self.settings.max_inputs}",
-                                  param="inputs")
         # proto3 enums are open: a newer client may send a value this server does not know.
         for name, value, known in (("element_type", request.element_type, _ELEMENT_TYPES),
                                    ("input_type", request.input_type, _INPUT_TYPES),
                                    ("truncation", request.truncation, (pb.TRUNCATION_UNSPECIFIED, *_TRUNCATION))):
             if value not in known:
                 raise IllegalArgument(f"unknown [{name}] value {value}", param=name)
-        texts = []
+        inputs = []
         for index, item in enumerate(request.inputs):
             kind = item.WhichOneof("kind")
-            if kind == "image":
-                self._refuse_image(request.model, index)
             if kind is None:
                 raise IllegalArgument(f"inputs[{index}] has neither text nor image", param="inputs")
-            if len(item.text) > self.settings.max_input_chars:
-                raise IllegalArgument(f"inputs[{index}] has {len(item.text)} characters; "
-                                      f"the limit is {self.settings.max_input_chars}", param="inputs")
-            texts.append(item.text)
-        return EmbedRequest(name=request.model, texts=texts, input_type=_INPUT_TYPES[request.input_type],
+            inputs.append(Input.image(item.image) if kind == "image" else Input.text(item.text))
+        check_inputs(inputs, self.limits, where="inputs")
+        return EmbedRequest(name=request.model, inputs=inputs, input_type=_INPUT_TYPES[request.input_type],
                             dimensions=request.dimensions or None, element_type=_ELEMENT_TYPES[request.element_type],
-                            truncate=_TRUNCATION.get(request.truncation, self.settings.truncate), deadline=deadline)
-
-    def _refuse_image(self, name: str, index: int) -> None:
-        # The engine runs text towers only; say what the named model accepts (NOT_FOUND first).
-        manifest = find_target(name, self.repository, self.endpoints).model.manifest
-        if not manifest.accepts_images:
-            raise UnsupportedModality(f"inputs[{index}] is an image, but model [{manifest.name}] accepts "
-                                      f"{manifest.modality} only")
-        raise image_tower_unserved(manifest, f"inputs[{index}]")
+                            truncate=_TRUNCATION.get(request.truncation, self.settings.truncate), deadline=deadline,
+                            lane="grpc")
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The client's deadline as is (it chose it); the server's default when it set none."""

@@ -11,8 +11,9 @@ from multidict import CIMultiDict
 from ..api_errors import MalformedBody, NoRoute, PayloadTooLarge
 from ..config import Settings
 from ..engine.errors import EngineError
-from ..engine.repository import ModelRepository
-from ..metrics import RequestMetrics
+from ..engine.repository import ModelRepository, RepositoryError
+from ..startup import StartupError
+from ..metrics import ServiceMetrics
 from . import elastic, openai, ops
 from .auth import ES_CHALLENGES, OPENAI_CHALLENGES, auth_context, auth_middleware
 from .errors import es_body, openai_body
@@ -74,16 +75,35 @@ async def _add_product_header(request: web.Request, response: web.StreamResponse
     response.headers["X-Elastic-Product"] = "Elasticsearch"
 
 
+async def _follow(repository: ModelRepository, every: float) -> None:
+    """Pick up model folders added, replaced or removed while the server runs."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await loop.run_in_executor(None, repository.scan)
+        except Exception:  # noqa: BLE001 - a bad moment on the disk must not stop following
+            log.exception("model folder not rescanned")
+
+
 def repository_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         repository = ModelRepository(settings.models, settings.engine_settings())
+        repository.on_load.append(app[METRICS].watch)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, repository.load)
-        await loop.run_in_executor(None, repository.start)
+        try:
+            await loop.run_in_executor(None, repository.load)
+        except RepositoryError as exc:
+            await loop.run_in_executor(None, repository.close)
+            raise StartupError(str(exc)) from None
         if not repository.names:
-            log.warning("no models are being served from %s (run `make models`)", settings.models)
+            log.warning("no model is served from %s yet: /ready answers 503 until one loads (run `make models`)",
+                        settings.models)
         app[REPOSITORY] = repository
+        following = asyncio.create_task(_follow(repository, settings.reload_seconds)) if settings.reload_seconds else None
         yield
+        if following is not None:
+            following.cancel()
         await loop.run_in_executor(None, repository.close)
 
     return ctx
@@ -94,7 +114,7 @@ def create_app(settings: Settings, extra_contexts: tuple[Callable[[web.Applicati
                           middlewares=[ops.accounting_middleware, error_middleware, auth_middleware])
     app[SETTINGS] = settings
     app[LIFECYCLE] = Lifecycle()
-    app[METRICS] = RequestMetrics()
+    app[METRICS] = ServiceMetrics(lambda: app.get(REPOSITORY))
     app.cleanup_ctx.append(auth_context(settings))
     app.cleanup_ctx.append(repository_context(settings))
     app.cleanup_ctx.append(elastic.store_context(settings))

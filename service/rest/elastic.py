@@ -11,13 +11,13 @@ from aiohttp import web
 
 from ..api_errors import EndpointExists, EndpointNotFound, IllegalArgument, MalformedBody, UnknownTaskType, ValidationFailed
 from ..config import Settings
-from ..embedding import EmbedRequest, embed, find_target, image_tower_unserved
+from ..embedding import EmbedRequest, embed, find_target
 from ..endpoint_schema import DENSE_TASK_TYPES, FUSIONS, SIMILARITIES, check_chunking
 from ..endpoint_store import EndpointStore, check_id
 from ..engine.encodings import ELEMENT_TYPES
-from ..engine.errors import DeadlineExceeded, InvalidInput, UnsupportedModality
+from ..engine.errors import DeadlineExceeded, InvalidInput
+from ..inputs import check_inputs
 from ..engine.repository import ModelRepository
-from ..targets import Target
 from .elastic_input import BODY_FIELDS, json_type, parse_input, parse_input_type, parse_timeout
 from .jsonio import json_response, read_json
 from .keys import ENDPOINTS, REPOSITORY, SETTINGS
@@ -81,10 +81,16 @@ def _check_same_task_type(requested: str, endpoint: dict[str, Any]) -> None:
 
 
 def _model_endpoint(repository: ModelRepository, name: str) -> dict[str, Any]:
-    manifest = repository.get(name).manifest
-    return {"inference_id": name, "task_type": "text_embedding", "service": SERVICE,
-            "service_settings": {"model_id": name, "dimensions": manifest.dimensions,
-                                 "similarity": manifest.similarity, "element_type": "float"}}
+    """A model's own endpoint (id = its name, or an alias it answers to)."""
+    model = repository.get(name)
+    manifest = model.manifest
+    return {"inference_id": name, "task_type": "embedding" if manifest.accepts_images else "text_embedding",
+            "service": SERVICE,
+            "service_settings": {"model_id": model.name, "dimensions": manifest.dimensions,
+                                 "similarity": manifest.similarity, "element_type": "float",
+                                 "modalities": [k for k, ok in (("text", manifest.accepts_text),
+                                                                ("image", manifest.accepts_images)) if ok],
+                                 "aliases": list(manifest.aliases)}}
 
 
 def _all_endpoints(request: web.Request) -> list[dict[str, Any]]:
@@ -103,23 +109,6 @@ def _endpoint(request: web.Request, inference_id: str) -> dict[str, Any]:
 
 
 # -- inference ---------------------------------------------------------------------------------
-def _check_modality(target: Target, items: list[Any]) -> None:
-    manifest = target.model.manifest
-    for index, item in enumerate(items):
-        if item.parts > 1:
-            raise UnsupportedModality(f"input[{index}]: model [{manifest.name}] cannot fuse several content items "
-                                      "into one embedding; send each item as its own input")
-        if item.kind == "image":
-            if not manifest.accepts_images:
-                raise UnsupportedModality(f"input[{index}] is an image, but inference endpoint "
-                                          f"[{target.inference_id}] uses model [{manifest.name}], which accepts "
-                                          f"{manifest.modality} only")
-            raise image_tower_unserved(manifest, f"input[{index}]")
-        if item.kind == "text" and not manifest.accepts_text:
-            raise UnsupportedModality(f"input[{index}] is text, but model [{manifest.name}] accepts "
-                                      f"{manifest.modality} only")
-
-
 async def _infer(request: web.Request, inference_id: str, route_task: str | None) -> web.Response:
     settings = request.app[SETTINGS]
     seconds, timeout_text = parse_timeout(request.query.get("timeout"), settings.default_timeout)
@@ -135,12 +124,11 @@ async def _infer(request: web.Request, inference_id: str, route_task: str | None
     target = find_target(inference_id, request.app[REPOSITORY], _store(request))
     family = route_task or target.task_type
     _check_task_type(family, target.task_type)
-    items = parse_input(body.get("input"), allow_content=family == "embedding", max_inputs=settings.max_inputs,
-                        max_chars=settings.max_input_chars, max_image_bytes=settings.max_image_bytes)
+    inputs = parse_input(body.get("input"), allow_content=family == "embedding", max_inputs=settings.max_inputs)
+    check_inputs(inputs, settings.input_limits())
     input_type = parse_input_type(body)
-    _check_modality(target, items)
-    call = EmbedRequest(name=inference_id, texts=[item.value for item in items], input_type=input_type,
-                        truncate=settings.truncate, deadline=deadline)
+    call = EmbedRequest(name=inference_id, inputs=inputs, input_type=input_type, truncate=settings.truncate,
+                        deadline=deadline, lane="rest")
     try:
         result = await embed(call, request.app[REPOSITORY], _store(request))
     except DeadlineExceeded:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from ..api_errors import IllegalArgument, MalformedBody, ValidationFailed
 from ..engine.errors import InvalidInput
+from ..inputs import Input, Part
 
 INPUT_TYPES = ("search", "ingest", "classification", "clustering", "unspecified")
 BODY_FIELDS = frozenset({"input", "input_type", "task_settings"})
@@ -35,17 +35,23 @@ def json_type(value: Any) -> str:
     return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
 
 
-@dataclass(frozen=True)
-class Item:
-    """One top-level input: one embedding. `parts` > 1 only for a multi-item content array."""
+def decode_data_uri(value: str, where: str) -> bytes:
+    """The bytes of an image sent as `data:image/...;base64,...` (URLs are never fetched)."""
+    match = _DATA_URI.fullmatch(value)
+    if match is None:
+        raise IllegalArgument(f"{where}: " + _DATA_URI_REASON if where else _DATA_URI_REASON)
+    if not match.group(1).lower().startswith("image/"):
+        raise IllegalArgument(f"{where}: the data URI's media type [{match.group(1)}] is not an image type")
+    try:
+        image = base64.b64decode(match.group(2), validate=True)
+    except (binascii.Error, ValueError):
+        raise IllegalArgument(f"{where}: the data URI's payload is not valid base64") from None
+    if not image:
+        raise IllegalArgument(f"{where}: the image is empty")
+    return image
 
-    kind: str  # "text" or "image"
-    value: str  # the text, or the decoded image's MIME type
-    image: bytes | None = None
-    parts: int = 1
 
-
-def _content_part(raw: Any, where: str, max_image_bytes: int) -> Item:
+def _content_part(raw: Any, where: str) -> Part:
     if not isinstance(raw, dict):
         raise MalformedBody(f"{where} must be an object with [type] and [value]")
     unknown = set(raw) - {"type", "format", "value"}
@@ -67,56 +73,39 @@ def _content_part(raw: Any, where: str, max_image_bytes: int) -> Item:
     if kind == "text":
         if fmt != "text":
             raise IllegalArgument(f"{where}: text content must use format [text], not [{fmt}]")
-        return Item("text", value)
+        return Part.of_text(value)
     if fmt != "base64":
         raise IllegalArgument(f"{where}: image content must use format [base64], not [{fmt}]")
-    match = _DATA_URI.fullmatch(value)
-    if match is None:
+    if _DATA_URI.fullmatch(value) is None:
         raise IllegalArgument(_DATA_URI_REASON)
-    try:
-        image = base64.b64decode(match.group(2), validate=True)
-    except (binascii.Error, ValueError):
-        raise IllegalArgument(f"{where}: the data URI's payload is not valid base64") from None
-    if not image:
-        raise IllegalArgument(f"{where}: the image is empty")
-    if len(image) > max_image_bytes:
-        raise IllegalArgument(f"{where}: the image has {len(image)} bytes; the limit is {max_image_bytes}")
-    return Item("image", match.group(1), image=image)
+    return Part.of_image(decode_data_uri(value, where))
 
 
-def _content(raw: Any, where: str, max_image_bytes: int) -> Item:
+def _content(raw: Any, where: str) -> Input:
     if isinstance(raw, list):
         if not raw:
             raise ValidationFailed(f"Validation Failed: 1: {where}: Field [content] cannot be an empty array;")
-        parts = [_content_part(p, f"{where}[{i}]", max_image_bytes) for i, p in enumerate(raw)]
-        if len(parts) == 1:
-            return parts[0]
-        return Item(parts[0].kind, parts[0].value, parts[0].image, parts=len(parts))
-    return _content_part(raw, where, max_image_bytes)
+        return Input(tuple(_content_part(p, f"{where}[{i}]") for i, p in enumerate(raw)))
+    return Input((_content_part(raw, where),))
 
 
-def parse_input(value: Any, *, allow_content: bool, max_inputs: int, max_chars: int,
-                max_image_bytes: int) -> list[Item]:
+def parse_input(value: Any, *, allow_content: bool, max_inputs: int) -> list[Input]:
+    """The `input` field: strings, and on the `embedding` route `{"content": ...}` objects."""
     if value is None:
         raise ValidationFailed("Validation Failed: 1: Field [input] cannot be null;", param="input")
     raw_items = value if isinstance(value, list) else [value]
     if not raw_items:
         raise ValidationFailed("Validation Failed: 1: Field [input] cannot be an empty array;", param="input")
-    if len(raw_items) > max_inputs:
+    if len(raw_items) > max_inputs:  # before looking at any item
         raise IllegalArgument(f"[input] has {len(raw_items)} items; the limit is {max_inputs}", param="input")
     items = []
     for index, raw in enumerate(raw_items):
         if isinstance(raw, str):
-            if len(raw) > max_chars:
-                raise IllegalArgument(f"input[{index}] has {len(raw)} characters; the limit is {max_chars}")
-            items.append(Item("text", raw))
+            items.append(Input.text(raw))
         elif allow_content and isinstance(raw, dict):
             if set(raw) != {"content"}:
                 raise MalformedBody(f"input[{index}] must be a string or an object with only [content]")
-            item = _content(raw["content"], f"input[{index}].content", max_image_bytes)
-            if item.kind == "text" and len(item.value) > max_chars:
-                raise IllegalArgument(f"input[{index}] has {len(item.value)} characters; the limit is {max_chars}")
-            items.append(item)
+            items.append(_content(raw["content"], f"input[{index}].content"))
         else:
             allowed = "a string or a content object" if allow_content else "a string"
             raise MalformedBody(f"input[{index}] must be {allowed}, not {json_type(raw)}", param="input")

@@ -9,7 +9,7 @@ from ..auth import Authenticator
 from ..config import Settings
 from ..endpoint_store import EndpointStore
 from ..engine.repository import ModelRepository
-from ..metrics import RequestMetrics
+from ..metrics import ServiceMetrics
 from ..targets import EndpointLookup
 
 
@@ -24,7 +24,7 @@ SETTINGS = web.AppKey("settings", Settings)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 REPOSITORY = web.AppKey("repository", ModelRepository)
 ENDPOINTS = web.AppKey("endpoints", EndpointStore)
-METRICS = web.AppKey("metrics", RequestMetrics)
+METRICS = web.AppKey("metrics", ServiceMetrics)
 AUTH = web.AppKey("auth", Authenticator)
 # Who made the request (set by the auth middleware).
 PRINCIPAL = web.RequestKey("principal", str)

@@ -13,7 +13,8 @@ from ..embedding import EmbedRequest, embed
 from ..engine.errors import ModelNotFound
 from ..engine.manifest import Manifest
 from . import token_ids
-from .elastic_input import json_type
+from ..inputs import Input, check_inputs
+from .elastic_input import decode_data_uri, json_type
 from .jsonio import json_response, read_json
 from .keys import REPOSITORY, SETTINGS, endpoint_lookup
 
@@ -25,7 +26,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-async def parse_input(value: Any, *, max_inputs: int, max_chars: int) -> list[str]:
+async def parse_input(value: Any, *, max_inputs: int) -> list[str]:
     """Every OpenAI input form to a list of texts: a string, strings, token ids, lists of ids.
     Counts are checked first; token ids are checked and decoded in a worker thread (a body of a
     million tiny arrays must not hold the event loop)."""
@@ -52,12 +53,29 @@ async def parse_input(value: Any, *, max_inputs: int, max_chars: int) -> list[st
         raise MalformedBody(f"'input' must be a string or an array, not {json_type(value)}", param="input")
     if arrays is not None:
         texts = await asyncio.get_running_loop().run_in_executor(None, token_ids.decode_all, arrays)
-    for index, text in enumerate(texts):
-        if len(text) > max_chars:
-            raise IllegalArgument(
-                f"input[{index}] has {len(text)} characters; the limit is {max_chars}", param="input"
-            )
     return texts
+
+
+def _decode_images(values: list[Any]) -> list[Input]:
+    inputs = []
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise MalformedBody(f"input[{index}] must be a data URI string, not {json_type(value)}", param="input")
+        if value.lower().startswith(("http://", "https://", "ftp://", "file:")):
+            raise IllegalArgument(f"input[{index}] is a URL; this server never fetches URLs: send the image as a "
+                                  "data URI (data:image/png;base64,...)", param="input")
+        inputs.append(Input.image(decode_data_uri(value, f"input[{index}]")))
+    return inputs
+
+
+async def _images(value: Any, max_inputs: int) -> list[Input]:
+    """`modality: image` (as Infinity takes it): every input is an image as a data URI."""
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not values:
+        raise ValidationFailed("'input' must be a data URI or a non-empty array of data URIs", param="input")
+    if len(values) > max_inputs:
+        raise IllegalArgument(f"'input' has {len(values)} items; the limit is {max_inputs}", param="input")
+    return await asyncio.get_running_loop().run_in_executor(None, _decode_images, values)
 
 
 def _optional(body: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -88,16 +106,23 @@ async def create_embeddings(request: web.Request) -> web.Response:
         if input_type not in _INPUT_TYPES:
             raise IllegalArgument(f"Unrecognized input_type [{input_type}]", param="input_type")
     truncate = _optional(body, "truncate", bool, "a boolean")
-    texts = await parse_input(body.get("input"), max_inputs=settings.max_inputs, max_chars=settings.max_input_chars)
-
+    modality = (_optional(body, "modality", str, "'text' or 'image'") or "text").lower()
+    if modality == "image":
+        inputs = await _images(body.get("input"), settings.max_inputs)
+    elif modality == "text":
+        inputs = [Input.text(t) for t in await parse_input(body.get("input"), max_inputs=settings.max_inputs)]
+    else:
+        raise IllegalArgument(f"modality [{modality}] is not one of ['text', 'image']", param="modality")
+    check_inputs(inputs, settings.input_limits())
     call = EmbedRequest(
         name=model_name,
-        texts=texts,
+        inputs=inputs,
         input_type=input_type,
         dimensions=dimensions,
         element_type="float",  # the OpenAI dialect has no byte or bit vectors
         truncate=settings.truncate if truncate is None else truncate,
         deadline=time.monotonic() + settings.default_timeout,
+        lane="rest",
     )
     result = await embed(call, repository, endpoint_lookup(request.app))
     vectors = result.vectors
@@ -131,14 +156,21 @@ def _created(request: web.Request, name: str) -> int:
         return 0
 
 
+def _card(request: web.Request, name: str) -> dict[str, Any]:
+    """A model's card under `name` (its own name or one of its aliases)."""
+    model = request.app[REPOSITORY].get(name)
+    card = _model_card(name, _created(request, name))
+    card["ortembed"] = model_info(model.manifest)
+    if name != model.name:
+        card["ortembed"]["alias_of"] = model.name
+    return card
+
+
 async def list_models(request: web.Request) -> web.Response:
+    """Every model, then every alias as a card of its own (clients pick ids from this list)."""
     repository = request.app[REPOSITORY]
-    data = []
-    for model in repository.models():
-        card = _model_card(model.name, _created(request, model.name))
-        card["ortembed"] = model_info(model.manifest)
-        data.append(card)
-    return json_response({"object": "list", "data": data})
+    names = repository.names + sorted(repository.aliases())
+    return json_response({"object": "list", "data": [_card(request, name) for name in names]})
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -146,9 +178,7 @@ async def get_model(request: web.Request) -> web.Response:
     repository = request.app[REPOSITORY]
     if name not in repository:
         raise ModelNotFound(name, repository.names)
-    card = _model_card(name, _created(request, name))
-    card["ortembed"] = model_info(repository.get(name).manifest)
-    return json_response(card)
+    return json_response(_card(request, name))
 
 
 def model_info(manifest: Manifest) -> dict[str, Any]:
@@ -158,6 +188,9 @@ def model_info(manifest: Manifest) -> dict[str, Any]:
         "dimensions": manifest.dimensions,
         "max_tokens": manifest.max_tokens,
         "modality": manifest.modality,
+        "modalities": [kind for kind, ok in (("text", manifest.accepts_text), ("image", manifest.accepts_images)) if ok],
+        "aliases": list(manifest.aliases),
+        "backend": manifest.backend,
         "pooling": manifest.pooling,
         "normalize": manifest.normalize,
         "recipe": manifest.recipe,
@@ -171,4 +204,4 @@ def add_routes(app: web.Application) -> None:
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/embeddings", create_embeddings)
         app.router.add_get(f"{prefix}/models", list_models)
-        app.router.add_get(f"{prefix}/models/{{model}}", get_model)
+        app.router.add_get(f"{prefix}/models/{{model:.+}}", get_model)  # aliases may hold "/"

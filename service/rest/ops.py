@@ -5,10 +5,10 @@ import time
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .. import metrics
 from .jsonio import json_response
-from .keys import LIFECYCLE, METRICS, REPOSITORY
+from .keys import LIFECYCLE, METRICS, REPOSITORY, SETTINGS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Routes that never need credentials.
@@ -16,22 +16,31 @@ PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 async def health(request: web.Request) -> web.Response:
+    """Alive: 503 only when a worker is stuck in one session call (liveness restarts the pod)."""
+    repository = request.app.get(REPOSITORY)
+    longest = repository.pool.longest_call() if repository is not None else 0.0
+    if longest > request.app[SETTINGS].stuck_seconds:
+        return json_response({"status": "stuck", "longest_call_seconds": round(longest, 1)}, status=503)
     return json_response({"status": "ok"})
 
 
 async def ready(request: web.Request) -> web.Response:
+    """Ready: models loaded and warmed up, and not draining. The body says what each folder is."""
     repository = request.app.get(REPOSITORY)
+    states = [state.to_json() for state in repository.states()] if repository is not None else []
+    body = {"models": repository.names if repository is not None else [], "folders": states,
+            "failed": [s for s in states if s["status"] == "failed"]}
     if request.app[LIFECYCLE].draining:
-        return json_response({"status": "draining", "models": repository.names if repository else []}, status=503)
+        return json_response({"status": "draining", **body}, status=503)
     if repository is None or not repository.ready:
-        return json_response({"status": "loading", "models": []}, status=503)
-    return json_response({"status": "ready", "models": repository.names})
+        status = "loading" if repository is None or not repository.loaded else "no_models"
+        return json_response({"status": status, **body}, status=503)
+    return json_response({"status": "ready", **body})
 
 
 async def metrics_text(request: web.Request) -> web.Response:
-    body = metrics.render(request.app.get(REPOSITORY), request.app[METRICS])
-    return web.Response(text=body, content_type="text/plain", charset="utf-8",
-                        headers={"Cache-Control": "no-cache"})
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-cache"})
 
 
 @web.middleware
