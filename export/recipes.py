@@ -57,13 +57,13 @@ def fp32(src: Path, dst: Path, ctx: RecipeContext) -> dict[str, Any]:
     return {"weights": "float32", "activations": "float32"}
 
 
-def _dynamic(src: Path, dst: Path, exclude: list[str]) -> None:
+def _dynamic(src: Path, dst: Path, exclude: list[str], op_types: list[str] | None = None) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Per-channel weights: per-tensor int8 loses too much on MiniLM (min cosine ~0.89).
     # DefaultTensorType: the fused graph's com.microsoft ops defeat type inference otherwise.
     quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                     op_types_to_quantize=op_types, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def dynamic_int8(src: Path, dst: Path, ctx: RecipeContext) -> dict[str, Any]:
