@@ -18,6 +18,9 @@ from pathlib import Path
 # ViT-B/32 as OpenAI trained it is hidden 512/768, 12 layers; this keeps the shapes (77 tokens,
 # 224 px, 32 px patches) and shrinks the widths so an export takes seconds.
 TINY_CLIP = {"text_hidden": 32, "vision_hidden": 32, "layers": 2, "heads": 4, "intermediate": 64, "projection": 24}
+# openai/clip-vit-base-patch32's shape (151 M parameters), for a one-off measurement with random weights.
+VIT_B32 = {"text_hidden": 512, "text_heads": 8, "text_intermediate": 2048, "vision_hidden": 768, "layers": 12,
+           "heads": 12, "intermediate": 3072, "projection": 512}
 # The first 48,894 merges of the BPE file make CLIP's 49,408-token vocabulary.
 _MERGES = 49152 - 256 - 2
 
@@ -57,20 +60,22 @@ def write_clip_vocabulary(folder: Path) -> tuple[Path, Path]:
     return vocab_file, merges_file
 
 
-def build_tiny_clip(folder: Path, *, seed: int = 0, image_processor: dict | None = None) -> Path:
+def build_tiny_clip(folder: Path, *, seed: int = 0, image_processor: dict | None = None,
+                    shape: dict[str, int] = TINY_CLIP) -> Path:
     """Save a seeded random CLIPModel, its CLIPTokenizerFast and CLIPImageProcessor in `folder`.
 
-    `image_processor` overrides CLIPImageProcessor's arguments (e.g. another crop size)."""
+    `image_processor` overrides CLIPImageProcessor's arguments (e.g. another crop size); `shape`
+    is TINY_CLIP or VIT_B32."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
 
-    shape = TINY_CLIP
-    common = {"num_hidden_layers": shape["layers"], "num_attention_heads": shape["heads"],
+    vision = {"num_hidden_layers": shape["layers"], "num_attention_heads": shape["heads"],
               "intermediate_size": shape["intermediate"]}
+    text = {**vision, "num_attention_heads": shape.get("text_heads", shape["heads"]),
+            "intermediate_size": shape.get("text_intermediate", shape["intermediate"])}
     config = CLIPConfig(
-        text_config={"hidden_size": shape["text_hidden"], "max_position_embeddings": 77, "vocab_size": 49408,
-                     **common},
-        vision_config={"hidden_size": shape["vision_hidden"], "image_size": 224, "patch_size": 32, **common},
+        text_config={"hidden_size": shape["text_hidden"], "max_position_embeddings": 77, "vocab_size": 49408, **text},
+        vision_config={"hidden_size": shape["vision_hidden"], "image_size": 224, "patch_size": 32, **vision},
         projection_dim=shape["projection"],
     )
     torch.manual_seed(seed)
