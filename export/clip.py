@@ -20,9 +20,9 @@ import onnxruntime as ort
 
 from service.engine.manifest import RESAMPLE_FILTERS, Fidelity, Manifest, ManifestError, VisionConfig
 
-from . import clip_onnx, clip_validate, recipes, validate
+from . import clip_onnx, clip_validate, validate
 from .source import SourceError, weights_sha256
-from .steps import (ExportError, Thresholds, check_gate, publish, recipe_context, stage,
+from .steps import (ExportError, Thresholds, check_gate, publish, quantize_text, stage,
                     tokenizer_without_fixed_shapes)
 
 log = logging.getLogger(__name__)
@@ -142,12 +142,10 @@ def export_clip(folder: Path, name: str, out_dir: Path, *, recipe: str = DEFAULT
 
         with stage("text reference (torch)", timings):
             text_reference = torch_clip.text_embeddings(texts, tokens)
-        context = recipe_context(recipe, fp32_folder, base, texts, text_reference, work, timings, alpha=alpha,
-                                 keep_fp32=keep_fp32)
-        with stage(f"quantize text tower ({recipe})", timings):
-            details = recipes.RECIPES[recipe](fp32_folder / "text.onnx", final / "text.onnx", context)
-            details["fused_operators"] = fused["text"]
-        with stage(f"quantize vision tower ({vision_recipe})", timings):
+        details = quantize_text(recipe, fp32_folder, final, base, texts, text_reference, work, timings,
+                                alpha=alpha, keep_fp32=keep_fp32)
+        details["fused_operators"] = fused["text"]
+        with stage(f"quantize vision.onnx ({vision_recipe})", timings):
             vision_details = clip_onnx.VISION_RECIPES[vision_recipe](fp32_folder / "vision.onnx", final / "vision.onnx")
             vision_details["fused_operators"] = fused["vision"]
         shutil.copyfile(fp32_folder / "tokenizer.json", final / "tokenizer.json")

@@ -12,7 +12,7 @@ import onnxruntime as ort
 from service.engine.manifest import Fidelity, Manifest
 
 from . import clip, convert, recipes, source as sources, validate
-from .steps import (ExportError, Thresholds, check_gate, publish, recipe_context, stage,  # noqa: F401
+from .steps import (ExportError, Thresholds, check_gate, publish, quantize_text, stage,  # noqa: F401
                     tokenizer_without_fixed_shapes)
 
 log = logging.getLogger(__name__)
@@ -73,15 +73,12 @@ def export_model(source_spec: str | Path, name: str, out_dir: Path, *, recipe: s
 
         with stage("reference", timings):
             reference = validate.reference_embeddings(source, texts)
-        context = recipe_context(recipe, fp32_folder, base, texts, reference, work, timings, alpha=alpha,
-                                 keep_fp32=keep_fp32)
-
-        with stage(f"quantize ({recipe})", timings):
-            final = work / "final"
-            final.mkdir()
-            details = recipes.RECIPES[recipe](fp32_folder / "model.onnx", final / "model.onnx", context)
-            details["fused_operators"] = fused
-            shutil.copyfile(fp32_folder / "tokenizer.json", final / "tokenizer.json")
+        final = work / "final"
+        final.mkdir()
+        details = quantize_text(recipe, fp32_folder, final, base, texts, reference, work, timings, alpha=alpha,
+                                keep_fp32=keep_fp32)
+        details["fused_operators"] = fused
+        shutil.copyfile(fp32_folder / "tokenizer.json", final / "tokenizer.json")
 
         with stage("validate", timings):
             manifest = Manifest(**{**base.__dict__, "recipe": recipe, "quantization": details})

@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -90,6 +90,17 @@ def _calibrate(fp32_folder: Path, manifest: Manifest, texts: list[str]) -> smoot
                      "token_type_ids": seq.type_ids[None, :]}
         feeds.append({name: available[name] for name in manifest.inputs})
     return smooth.calibrate(fp32_folder / manifest.model_file, feeds)
+
+
+def quantize_text(recipe: str, fp32_folder: Path, final: Path, manifest: Manifest, texts: list[str],
+                  reference: np.ndarray, work: Path, timings: dict[str, float], *, alpha: float | None,
+                  keep_fp32: int) -> dict[str, Any]:
+    """The text graph (manifest.model_file) from fp32_folder into final by `recipe`, after
+    gathering what the recipe needs; returns the recipe's details for the manifest."""
+    context = recipe_context(recipe, fp32_folder, manifest, texts, reference, work, timings, alpha=alpha,
+                             keep_fp32=keep_fp32)
+    with stage(f"quantize {manifest.model_file} ({recipe})", timings):
+        return recipes.RECIPES[recipe](fp32_folder / manifest.model_file, final / manifest.model_file, context)
 
 
 def recipe_context(recipe: str, fp32_folder: Path, manifest: Manifest, texts: list[str], reference: np.ndarray,

@@ -4,10 +4,12 @@ The result is what transformers' `CLIPImageProcessor` (4.57) computes from the s
 image, bit for bit: Pillow's plain `convert("RGB")` (alpha dropped, not composited), a Pillow
 resize (shortest edge to N with the long side `int(N * long / short)`, or exactly height x
 width), transformers' centre crop (offset `(h - crop) // 2`, zero padding when the image is
-smaller), rescale in float64 then float32, normalise in float32; channels first. Two deliberate
-differences, both documented: EXIF orientation is applied first (transformers, open_clip,
-FastEmbed and Infinity ignore it, so a phone photo reaches them sideways), and 16-bit
-greyscale is scaled to 8 bits where Pillow's convert would clip it at 255 (a white image).
+smaller), rescale in float64 then float32, normalise in float32; channels first. Deliberate
+differences, all documented in the README: EXIF orientation is applied first (transformers,
+open_clip, FastEmbed and Infinity ignore it, so a phone photo reaches them sideways); 16-bit
+greyscale is scaled to 8 bits where Pillow's convert would clip it at 255 (a white image);
+beyond EXACT_RESIZE_PIXELS (extreme aspect ratios) only the cropped window is resized; and
+the optional JPEG draft mode (ImageLimits.draft) trades exactness for decoding speed.
 
 Cost is bounded before any pixel is decoded: the encoded size first, then the format (only
 JPEG, PNG, WebP, GIF and BMP decoders are tried), then the pixel and frame counts read from the
