@@ -349,7 +349,8 @@ def test_an_image_for_a_model_with_an_image_tower_is_refused_not_embedded_as_tex
     repo = tmp_path / "models"
     shutil.copytree(model_repo / TINY, repo / "clip-like")
     manifest = json.loads((repo / "clip-like" / "manifest.json").read_text())
-    manifest.update(name="clip-like", modality="text+image")
+    # (a manifest claiming images needs a vision block; its defaults describe a CLIP ViT-B/32)
+    manifest.update(name="clip-like", modality="text+image", vision={"model_file": "vision.onnx"})
     (repo / "clip-like" / "manifest.json").write_text(json.dumps(manifest))
     png = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n fake").decode()
     with ServerProcess(repo, tmp_path / "data") as proc:
