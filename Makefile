@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 MODELS_DIR ?= models
 DEFAULT_MODEL ?= all-minilm-l6-v2
 STAMP := $(VENV)/.installed
+# The real CLIP BPE vocabulary for the tests' tiny CLIP; installed without its dependencies.
+OPEN_CLIP ?= open-clip-torch==3.3.0
 
 .PHONY: run test venv models proto bench bench-quick lock clean
 
@@ -14,6 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
 	$(PY) -m pip install -qq "torch==2.13.0" -e ".[export,test,bench]"
+	$(PY) -m pip install -qq --no-deps "$(OPEN_CLIP)"
 	touch $(STAMP)
 
 venv: $(STAMP)

