@@ -96,9 +96,8 @@ def _vision_dynamic_int8(src: Path, dst: Path) -> dict[str, Any]:
     quantized = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights
                  and n.name not in projection]
     recipes._dynamic(src, dst, projection, op_types=["MatMul"])
-    return {"weights": "int8 per-channel symmetric", "activations": "uint8 dynamic per-tensor",
-            "isa": recipes.cpu_isa(), "batch_invariant": False, "quantized_matmuls": len(quantized),
-            "fp32": ["patch embedding (Conv)", "LayerNorms", *projection]}
+    return recipes.dynamic_details(quantized_matmuls=len(quantized),
+                                   fp32=["patch embedding (Conv)", "LayerNorms", *projection])
 
 
 VISION_RECIPES: dict[str, Callable[[Path, Path], dict[str, Any]]] = {

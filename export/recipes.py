@@ -63,7 +63,7 @@ def _dynamic(src: Path, dst: Path, exclude: list[str], op_types: list[str] | Non
                      op_types_to_quantize=op_types, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def _dynamic_details(**extra: Any) -> dict[str, Any]:
+def dynamic_details(**extra: Any) -> dict[str, Any]:
     weights = weights_for_this_cpu()
     return {"weights": f"{weights} per-channel {'symmetric' if weights == 'int8' else 'asymmetric'}",
             "activations": "uint8 dynamic per-tensor", "isa": int8_isa(), "batch_invariant": False, **extra}
@@ -71,14 +71,14 @@ def _dynamic_details(**extra: Any) -> dict[str, Any]:
 
 def dynamic_int8(src: Path, dst: Path, ctx: RecipeContext) -> dict[str, Any]:
     _dynamic(src, dst, [])
-    return _dynamic_details()
+    return dynamic_details()
 
 
 def mixed_int8(src: Path, dst: Path, ctx: RecipeContext) -> dict[str, Any]:
     """Dynamic int8 everywhere but the few MatMuls that carry most of its error, kept fp32."""
     keep = list(ctx.sensitive_nodes[: ctx.keep_fp32])
     _dynamic(src, dst, keep)
-    return _dynamic_details(fp32_nodes=keep)
+    return dynamic_details(fp32_nodes=keep)
 
 
 def weight_int8(src: Path, dst: Path, ctx: RecipeContext) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def smooth_int8(src: Path, dst: Path, ctx: RecipeContext) -> dict[str, Any]:
     chosen = smooth(src, smoothed, ctx.calibration, ctx.alpha)
     _dynamic(smoothed, dst, [])
     smoothed.unlink()
-    return _dynamic_details(smoothing={"alpha": "auto" if ctx.alpha is None else ctx.alpha, "nodes": len(chosen),
+    return dynamic_details(smoothing={"alpha": "auto" if ctx.alpha is None else ctx.alpha, "nodes": len(chosen),
                                        "calibration_sequences": ctx.calibration.sequences})
 
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from .engine.encodings import ElementType, encode_elements
-from .engine.errors import ModelNotFound, NotReady, UnsupportedModality
+from .engine.errors import InvalidImage, ModelNotFound, NotReady, UnsupportedModality
 from .engine.model import EmbedOptions, EmbeddingModel, Embeddings
 from .engine.pooling import l2_normalize, truncate_dimensions
 from .engine.repository import ModelRepository
@@ -30,6 +30,7 @@ class EmbedRequest:
     truncate: bool = True
     deadline: float | None = None  # time.monotonic() after which the work is dropped
     lane: str = ""  # the transport ("rest", "grpc"): its own lane in each queue
+    field: str = "input"  # how the transport names the inputs in messages ("inputs" for gRPC)
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,8 @@ def check_modality(target: Target, inputs: Sequence[Input], where: str = "input"
                                           f"uses model [{manifest.name}], which accepts {manifest.modality} only")
 
 
-async def _tower_vectors(model: EmbeddingModel, inputs: Sequence[Input],
-                         options: EmbedOptions) -> tuple[np.ndarray, list[tuple[int, int]], dict[str, Embeddings]]:
+async def _tower_vectors(model: EmbeddingModel, inputs: Sequence[Input], options: EmbedOptions,
+                         field: str) -> tuple[np.ndarray, list[tuple[int, int]], dict[str, Embeddings]]:
     """Every part's unit vector (rows), which rows each input owns, and each tower's result."""
     texts: list[str] = []
     images: list[bytes] = []
@@ -103,7 +104,13 @@ async def _tower_vectors(model: EmbeddingModel, inputs: Sequence[Input],
         jobs["text"] = model.embed(texts, full)
     if images:
         jobs["image"] = model.embed_images(images, full)
-    done = dict(zip(jobs, await asyncio.gather(*jobs.values())))
+    try:
+        done = dict(zip(jobs, await asyncio.gather(*jobs.values())))
+    except InvalidImage as exc:  # say which input, in the caller's numbering
+        image_inputs = [i for i, item in enumerate(inputs) for part in item.parts if part.kind == "image"]
+        if exc.item_index is not None and exc.item_index < len(image_inputs):
+            raise InvalidImage(f"{field}[{image_inputs[exc.item_index]}]: {exc.message}") from None
+        raise
     if len(jobs) == 1:  # one tower: its rows are already in input order
         rows = next(iter(done.values())).vectors
     else:
@@ -118,13 +125,13 @@ async def _tower_vectors(model: EmbeddingModel, inputs: Sequence[Input],
 async def embed(request: EmbedRequest, repository: ModelRepository,
                 endpoints: EndpointLookup | None = None) -> EmbedResult:
     target = find_target(request.name, repository, endpoints)
-    check_modality(target, request.inputs)
+    check_modality(target, request.inputs, request.field)
     model = target.model
     dimensions = request.dimensions if request.dimensions is not None else target.dimensions
     model.check_dimensions(dimensions)
     options = EmbedOptions(input_type=request.input_type or target.input_type, truncate=request.truncate,
                            deadline=request.deadline, lane=request.lane)
-    rows, spans, done = await _tower_vectors(model, request.inputs, options)
+    rows, spans, done = await _tower_vectors(model, request.inputs, options, request.field)
     if all(end - start == 1 for start, end in spans):
         vectors = rows
     else:  # mean of the parts' normalised vectors, re-normalised (an approximation: README)

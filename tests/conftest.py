@@ -29,6 +29,20 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+CLIP = "tiny-clip"
+
+
+@pytest.fixture(scope="session")
+def clip_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny random CLIP exported once by the real pipeline: (the model folder, the transformers
+    folder it came from, kept for comparisons with torch)."""
+    from tests.tiny_clip import export_tiny_clip
+
+    source = tmp_path_factory.mktemp("clip-src") / "tiny-clip-src"
+    folder = export_tiny_clip(tmp_path_factory.mktemp("clip-models"), CLIP, seed=1, source_dir=source)
+    return folder, source
+
+
 @pytest.fixture(scope="session")
 def has_default_model(model_repo: Path) -> bool:
     return (model_repo / DEFAULT_MODEL_DIR.name / "model.onnx").is_file()

@@ -21,7 +21,7 @@ from export.source import SourceError
 from service.engine.manifest import Manifest
 from service.engine.tokenizer import TextTokenizer
 from tests.server import REPO_ROOT
-from tests.tiny_clip import TINY_CLIP, export_tiny_clip
+from tests.tiny_clip import TINY_CLIP
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -30,11 +30,9 @@ TEXTS = ["a photo of a cat", "ok", LONG, "Zwei Hunde spielen im Schnee; 東京�
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(the exported folder, the transformers folder it came from)."""
-    source = tmp_path_factory.mktemp("src") / "tiny-clip-src"
-    folder = export_tiny_clip(tmp_path_factory.mktemp("models"), "tiny-clip", seed=1, source_dir=source)
-    return folder, source
+def exported(clip_export: tuple[Path, Path]) -> tuple[Path, Path]:
+    """(the exported folder, the transformers folder it came from): the session's tiny CLIP."""
+    return clip_export
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,10 @@ def clip_echoes(message: str) -> str:
 
 
 class EngineError(Exception):
-    """Base of every failure the engine reports to a caller."""
+    """Base of every failure the engine reports to a caller. `item_index`: the position, among
+    what was handed to a tower, of the one item the failure is about (when it is about one)."""
+
+    item_index: int | None = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         message = clip_echoes(message)

@@ -289,6 +289,7 @@ class Scheduler:
                 item.payload = self._prepare(item.payload)
                 seconds.append(time.perf_counter() - started)
             except EngineError as exc:
+                exc.item_index = item.slot
                 with self.pool.cond:
                     self.stats.failed_items += 1
                 self._fail({item.job}, exc)

@@ -8,7 +8,8 @@ from typing import Sequence
 import numpy as np
 
 from .backends import open_backend
-from .images import ImageLimits, preprocess
+from .errors import InvalidImage
+from .images import ImageLimits, preprocess, probe
 from .manifest import VisionConfig
 from .pooling import l2_normalize
 from .scheduler import Scheduler
@@ -34,9 +35,9 @@ class VisionTower(Tower):
                                    prepare=lambda data: preprocess(data, vision, limits))
 
     def warm_up(self) -> None:
-        size = self.vision.crop_size
+        height, width = self.vision.image_size
         for count in (1, 2):
-            pixels = [np.zeros((3, size[0], size[1]), dtype=np.float32)] * count
+            pixels = [np.zeros((3, height, width), dtype=np.float32)] * count
             vectors = self.run(pixels)
             if vectors.shape != (count, self.dimensions):
                 raise ValueError(f"{self.vision.model_file} returns vectors of shape {vectors.shape[1:]}, "
@@ -47,5 +48,14 @@ class VisionTower(Tower):
         return l2_normalize(output) if self.vision.normalize else np.asarray(output, dtype=np.float32)
 
     async def embed(self, images: list[bytes], *, deadline: float | None, lane: str = "") -> Embedded:
+        """The header of every image is read first (a few microseconds; a 400-megapixel bomb or a
+        file that is no image is refused before anything is queued); decoding happens in the
+        worker that runs the call."""
         check_deadline(deadline)
+        for index, data in enumerate(images):
+            try:
+                probe(data, self.limits)
+            except InvalidImage as exc:
+                exc.item_index = index
+                raise
         return Embedded(await self.scheduler.submit(images, [1] * len(images), deadline, lane))

@@ -88,7 +88,7 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
         return EmbedRequest(name=request.model, inputs=inputs, input_type=_INPUT_TYPES[request.input_type],
                             dimensions=request.dimensions or None, element_type=_ELEMENT_TYPES[request.element_type],
                             truncate=_TRUNCATION.get(request.truncation, self.settings.truncate), deadline=deadline,
-                            lane="grpc")
+                            lane="grpc", field="inputs")
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The client's deadline as is (it chose it); the server's default when it set none."""
