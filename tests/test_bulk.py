@@ -25,6 +25,7 @@ from tests.test_grpc import metric, wait_for
 
 WORDS = "the quick brown fox jumps over a lazy dog while bulk embedding runs on many replicas".split()
 SEQUENCES = "ortembed_sequences_total"
+PREFLIGHT = 1  # each run first embeds one short text with its options (a wrong option stops it there)
 
 
 def sentence(i: int, words: int = 40) -> str:
@@ -123,7 +124,12 @@ def test_round_robin_over_one_target(pair: tuple[ServerProcess, ServerProcess], 
     vectors, ids, _ = outputs(tmp_path / "out.npy")
     assert ids == [r["id"] for r in rows] and len(vectors) == len(rows)
     served = [metric(s, SEQUENCES, model=TINY) - was for s, was in zip(pair, before)]
-    assert min(served) > 0 and sum(served) == len(rows), served
+    assert min(served) > 0 and sum(served) == len(rows) + PREFLIGHT, served
+    # The dns:/// form resolves the name itself (here to 127.0.0.1 only).
+    code, err = finish(start(str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "dns"), "--target",
+                             f"dns:///localhost:{a.grpc_port}"))
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "dns.npy"), vectors)
 
 
 def test_an_interrupted_run_resumes_without_re_embedding(pair: tuple[ServerProcess, ServerProcess],
@@ -161,7 +167,7 @@ def test_an_interrupted_run_resumes_without_re_embedding(pair: tuple[ServerProce
     summary = json.loads(report.read_text())
     assert summary["from_journal"] == done * 100 and summary["embedded_now"] == len(rows) - done * 100, summary
     # The server computed exactly the rows that were not in the journal: nothing twice.
-    assert metric(server, SEQUENCES, model=TINY) - before == len(rows) - done * 100
+    assert metric(server, SEQUENCES, model=TINY) - before == len(rows) - done * 100 + PREFLIGHT
     vectors, ids, failures = outputs(out)
     assert ids == [r["id"] for r in rows] and failures == [] and len(vectors) == len(rows)
     sample = list(range(0, len(rows), 37))
@@ -204,7 +210,7 @@ def test_jsonl_ids_kept_and_bad_rows_reported(server: ServerProcess, tmp_path: P
         np.testing.assert_array_equal(int8[:1], client.embed(["first"], model=TINY, element_type="int8"))
 
 
-def test_csv_with_named_columns(server: ServerProcess, tmp_path: Path) -> None:
+def test_csv_with_named_columns(server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = f"127.0.0.1:{server.grpc_port}"
     texts = ["plain", "with, a comma", 'with "quotes"', "two\nlines", ""]
     with (tmp_path / "in.csv").open("w", newline="") as handle:
@@ -219,6 +225,14 @@ def test_csv_with_named_columns(server: ServerProcess, tmp_path: Path) -> None:
     assert_alone(target, texts, vectors, dimensions=8)
     assert main([str(tmp_path / "in.csv"), "--out", str(tmp_path / "x"), "--model", TINY, "--target", target,
                  "--quiet", "--text-field", "nope", "--image-field", "nope"]) == 1
+    # Options the server refuses stop the run before any row is sent.
+    assert main([str(tmp_path / "in.csv"), "--out", str(tmp_path / "y"), "--model", TINY, "--target", target,
+                 "--quiet", "--text-field", "body", "--dimensions", "100000"]) == 1
+    assert main([str(tmp_path / "in.csv"), "--out", str(tmp_path / "y"), "--model", "no-such-model", "--target",
+                 target, "--quiet", "--text-field", "body", "--restart"]) == 1
+    err = capsys.readouterr().err
+    assert "no [nope] or [nope] column" in err and "refuses this run's options: INVALID_ARGUMENT" in err
+    assert "[no-such-model] not found" in err
 
 
 def test_parquet_in_and_out(server: ServerProcess, tmp_path: Path) -> None:

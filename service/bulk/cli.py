@@ -85,31 +85,52 @@ def _settings(args: argparse.Namespace) -> RunSettings:
                        metadata=_metadata(args.api_key, args.authorization))
 
 
-def _manifest(args: argparse.Namespace, fmt: str, fields: Fields, print_: dict[str, Any]) -> dict[str, Any]:
+def _manifest(args: argparse.Namespace, fmt: str, fields: Fields, seen: dict[str, Any]) -> dict[str, Any]:
     return {"version": VERSION, "input_path": str(args.input),
-            "input": {"size": print_["size"], "sha256": print_["sha256"], "format": fmt, "fields": vars(fields)},
+            "input": {"size": seen["size"], "sha256": seen["sha256"], "format": fmt, "fields": vars(fields)},
             "request": {"model": args.model, "input_type": args.input_type, "dimensions": args.dimensions,
                         "element_type": args.element_type, "truncate": args.truncate},
             "chunk_rows": args.chunk_rows}
 
 
-async def _preflight(targets: list[Target], model: str, metadata: Any, timeout: float) -> None:
-    """One target answers ListEndpoints within the timeout, with valid credentials, and knows the model."""
-    calls = [asyncio.ensure_future(t.stub.ListEndpoints(pb.ListEndpointsRequest(), metadata=metadata, timeout=timeout,
-                                                        wait_for_ready=True)) for t in targets]
+def _refused(exc: grpc.aio.AioRpcError, codes: tuple[grpc.StatusCode, ...], what: str) -> None:
+    if exc.code() in codes:
+        raise RunError(f"{what}: {exc.code().name}: {exc.details()}") from None
+
+
+async def _check(target: Target, endpoints: pb.ListEndpointsResponse, settings: RunSettings) -> None:
+    """The model is known, and the run's options are accepted for a short text (unless the model
+    takes no text): a wrong --dimensions stops here, not after a thousand failed rows."""
+    known = {e.inference_id: e.model_id for e in endpoints.endpoints}
+    if settings.model not in known:
+        raise RunError(f"model or endpoint [{settings.model}] not found; the server has {', '.join(sorted(known))}")
+    models = await target.stub.ListModels(pb.ListModelsRequest(), metadata=settings.metadata, timeout=30)
+    if "text" not in {m.name: m.modality for m in models.models}.get(known[settings.model], "text"):
+        return
+    try:
+        await target.stub.Embed(settings.request(["ortembed bulk preflight"]), metadata=settings.metadata, timeout=60)
+    except grpc.aio.AioRpcError as exc:  # overloaded or unavailable: the run will retry
+        _refused(exc, (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED,
+                       grpc.StatusCode.PERMISSION_DENIED), "the server refuses this run's options")
+
+
+async def _preflight(targets: list[Target], settings: RunSettings, timeout: float) -> None:
+    """The first target to answer ListEndpoints within the timeout passes _check."""
+    async def listing(target: Target) -> tuple[Target, pb.ListEndpointsResponse]:
+        return target, await target.stub.ListEndpoints(pb.ListEndpointsRequest(), metadata=settings.metadata,
+                                                       timeout=timeout, wait_for_ready=True)
+    calls = [asyncio.ensure_future(listing(t)) for t in targets]
     last = "no target"
     try:
         for next_done in asyncio.as_completed(calls):
             try:
-                answer = await next_done
+                target, endpoints = await next_done
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                    raise RunError(f"{exc.code().name}: {exc.details()} (--api-key / --authorization)") from None
+                _refused(exc, (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED),
+                         "credentials refused (--api-key / --authorization)")
                 last = f"{exc.code().name}: {exc.details()}"
                 continue
-            known = sorted(e.inference_id for e in answer.endpoints)
-            if model not in known:
-                raise RunError(f"model or endpoint [{model}] not found; the server has {', '.join(known)}")
+            await _check(target, endpoints, settings)
             return
     finally:
         for call in calls:
@@ -123,16 +144,16 @@ async def _embed(args: argparse.Namespace, outputs: Outputs, stats: Stats) -> di
     journal = Journal(outputs.journal)
     if not args.restart and not outputs.journal.exists() and outputs.existing():
         raise RunError(f"{outputs.existing()[0]} exists (a finished run?); pass --restart to embed again")
-    print_ = await asyncio.to_thread(fingerprint, args.input, fmt)
-    done = journal.start(_manifest(args, fmt, fields, print_), restart=args.restart)
-    stats.rows_estimate = print_["rows_estimate"]
+    seen = await asyncio.to_thread(fingerprint, args.input, fmt)
+    done = journal.start(_manifest(args, fmt, fields, seen), restart=args.restart)
+    stats.rows_estimate = seen["rows_estimate"]
     stats.journal_vectors, stats.journal_failed = await asyncio.to_thread(journal.rows_done, done)
     settings = _settings(args)
     targets = [Target.open(name, settings.streams) for name in args.target or ["127.0.0.1:50051"]]
     progress = Progress(stats, enabled=False if args.quiet else None)
     ticker = asyncio.create_task(progress.run())
     try:
-        await _preflight(targets, settings.model, settings.metadata, args.connect_timeout)
+        await _preflight(targets, settings, args.connect_timeout)
         rows = read_rows(args.input, fmt, fields, skip=lambda index: index // settings.chunk_rows in done)
         run = Run(rows, journal, settings, args.input.resolve().parent, stats)
         stats.started = stats.last_answer = time.monotonic()

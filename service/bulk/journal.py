@@ -92,7 +92,7 @@ class Journal:
         return set()
 
     def done(self) -> set[int]:
-        return {int(p.name[6:14]) for p in self.folder.glob("chunk-*.npz")}
+        return {int(p.stem.partition("-")[2]) for p in self.folder.glob("chunk-*.npz")}
 
     def write(self, chunk: ChunkResult) -> None:
         def save(handle: BinaryIO) -> None:

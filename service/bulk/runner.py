@@ -62,6 +62,11 @@ class RunSettings:
     max_failures: int = 1000  # failed rows before the run stops; negative: no limit
     metadata: tuple[tuple[str, str], ...] = ()
 
+    def request(self, items: list[str | bytes], request_id: str = "") -> pb.EmbedRequest:
+        return embed_request(items, model=self.model, input_type=self.input_type, dimensions=self.dimensions,
+                             element_type=self.element_type, truncate=self.truncate,  # type: ignore[arg-type]
+                             request_id=request_id)
+
 
 @dataclass
 class Stats:
@@ -235,10 +240,7 @@ class Run:
             self._done(job)
             return None
         self.stats.requests += 1
-        s = self.settings
-        return embed_request(items, model=s.model, input_type=s.input_type, dimensions=s.dimensions,
-                             element_type=s.element_type, truncate=s.truncate,  # type: ignore[arg-type]
-                             request_id=f"{job.chunk.index}:{kept[0].index}")
+        return self.settings.request(items, request_id=f"{job.chunk.index}:{kept[0].index}")
 
     def answer(self, job: Job, answer: pb.EmbedStreamResponse, target: Target) -> None:
         self.stats.last_answer = time.monotonic()
@@ -260,6 +262,9 @@ class Run:
             return
         for job in jobs:
             self._retry(job, code, message)
+
+    def abort(self, error: BaseException) -> None:
+        self._stop(error)
 
     # -- outcomes ------------------------------------------------------------------------
     def _refused(self, job: Job, code: str, message: str) -> None:

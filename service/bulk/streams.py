@@ -84,6 +84,7 @@ class Work(Protocol):
     def request(self, job: Any) -> pb.EmbedRequest | None: ...
     def answer(self, job: Any, answer: pb.EmbedStreamResponse, target: Target) -> None: ...
     def broken(self, jobs: list[Any], code: str, message: str) -> None: ...
+    def abort(self, error: BaseException) -> None: ...
 
 
 @dataclass
@@ -185,3 +186,6 @@ async def slot(work: Work, target: Target) -> None:
         except BrokenStream:
             failures += 1
             await asyncio.sleep(jittered(failures, base=0.2, cap=5.0))
+        except Exception as exc:  # noqa: BLE001 - a bug or a protocol violation stops the run, loudly
+            work.abort(exc)
+            return
