@@ -233,6 +233,7 @@ def test_csv_with_named_columns(server: ServerProcess, tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert "no [nope] or [nope] column" in err and "refuses this run's options: INVALID_ARGUMENT" in err
     assert "[no-such-model] not found" in err
+    assert not (tmp_path / "y.journal").exists()  # a run refused at the start leaves no journal behind
 
 
 def test_parquet_in_and_out(server: ServerProcess, tmp_path: Path) -> None:

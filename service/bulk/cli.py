@@ -145,15 +145,15 @@ async def _embed(args: argparse.Namespace, outputs: Outputs, stats: Stats) -> di
     if not args.restart and not outputs.journal.exists() and outputs.existing():
         raise RunError(f"{outputs.existing()[0]} exists (a finished run?); pass --restart to embed again")
     seen = await asyncio.to_thread(fingerprint, args.input, fmt)
-    done = journal.start(_manifest(args, fmt, fields, seen), restart=args.restart)
     stats.rows_estimate = seen["rows_estimate"]
-    stats.journal_vectors, stats.journal_failed = await asyncio.to_thread(journal.rows_done, done)
     settings = _settings(args)
     targets = [Target.open(name, settings.streams) for name in args.target or ["127.0.0.1:50051"]]
     progress = Progress(stats, enabled=False if args.quiet else None)
     ticker = asyncio.create_task(progress.run())
     try:
         await _preflight(targets, settings, args.connect_timeout)
+        done = journal.start(_manifest(args, fmt, fields, seen), restart=args.restart)
+        stats.journal_vectors, stats.journal_failed = await asyncio.to_thread(journal.rows_done, done)
         rows = read_rows(args.input, fmt, fields, skip=lambda index: index // settings.chunk_rows in done)
         run = Run(rows, journal, settings, args.input.resolve().parent, stats)
         stats.started = stats.last_answer = time.monotonic()

@@ -80,6 +80,9 @@ class Journal:
         if path.is_file():
             old = json.loads(path.read_text(encoding="utf-8"))
             changed = [key for key in _COMPARED if old.get(key) != manifest.get(key)]
+            if changed and not self.done():  # nothing to lose: start over
+                shutil.rmtree(self.folder)
+                return self.start(manifest)
             if changed:
                 raise JournalMismatch(f"{self.folder} belongs to another run ({', '.join(changed)} differ: "
                                       f"{'the input file changed' if 'input' in changed else 'other options'}); "
