@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,6 +20,7 @@ from service.bulk.cli import main
 from service.client import EmbeddingsClient
 from tests.conftest import TINY
 from tests.server import REPO_ROOT, ServerProcess
+from tests.test_auth import make_credentials
 from tests.test_grpc import metric, wait_for
 
 WORDS = "the quick brown fox jumps over a lazy dog while bulk embedding runs on many replicas".split()
@@ -251,3 +251,18 @@ def test_parquet_in_and_out(server: ServerProcess, tmp_path: Path) -> None:
     vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
     assert vectors.shape == (50, 64)
     assert_alone(target, texts[::7], vectors[::7])
+
+
+def test_credentials(model_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets_ = make_credentials(tmp_path)
+    write_jsonl(tmp_path / "in.jsonl", 40, words=5)
+    with ServerProcess(model_repo, tmp_path, "--only-models", TINY, grpc=True) as proc:
+        argv = [str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out"), "--model", TINY, "--quiet",
+                "--target", f"127.0.0.1:{proc.grpc_port}"]
+        assert main([*argv, "--api-key", "wrong"]) == 1
+        assert "credentials refused (--api-key / --authorization): UNAUTHENTICATED" in capsys.readouterr().err
+        assert main([*argv, "--authorization", f"ApiKey {secrets_.encoded}"]) == 0
+        monkeypatch.setenv("ORTEMBED_API_KEY", secrets_.token)  # kept out of the process list
+        assert main([*argv, "--restart"]) == 0
+    assert len(np.load(tmp_path / "out.npy")) == 40

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import grpc
 
-from ..client import _INPUT_TYPES, _metadata
+from ..client import INPUT_TYPES, auth_metadata
 from ..grpc.gen import embeddings_pb2 as pb
 from .journal import VERSION, Journal, JournalMismatch
 from .progress import Progress, duration
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host:port, or dns:///name:port (round_robin over every address: a headless Service); "
                         "repeat for several [default: 127.0.0.1:50051]")
     p.add_argument("--model", required=True, help="model name or inference endpoint id")
-    p.add_argument("--input-type", choices=[k for k in _INPUT_TYPES if k])
+    p.add_argument("--input-type", choices=INPUT_TYPES)
     p.add_argument("--dimensions", type=int, help="Matryoshka size")
     p.add_argument("--element-type", choices=["float", "int8", "bit"])
     p.add_argument("--truncate", action=argparse.BooleanOptionalAction, default=None,
@@ -82,7 +82,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
                        element_type=args.element_type, truncate=args.truncate, batch_size=args.batch_size,
                        chunk_rows=args.chunk_rows, streams=args.streams, depth=args.depth, deadline=args.deadline,
                        retries=args.retries, stall_timeout=args.stall_timeout, max_failures=args.max_failures,
-                       metadata=_metadata(args.api_key, args.authorization))
+                       metadata=auth_metadata(args.api_key, args.authorization))
 
 
 def _manifest(args: argparse.Namespace, fmt: str, fields: Fields, seen: dict[str, Any]) -> dict[str, Any]:
