@@ -130,24 +130,26 @@ def render(results: dict[str, Any], command: str) -> str:
              f"- Model: {results['model']}; {results['lines']} lines cycled from the corpus; Embed batches of "
              f"{results['batch']}; bulk flags: `{shlex.join(results['bulk_args']) or '(defaults)'}`",
              f"- CPU: {machine['model']}, {machine['usable_cpus']} usable; load average at start "
-             f"{' '.join(f'{x:.2f}' for x in machine['load_average'] or ())}. The machine is shared: numbers are noisy.",
+             f"{' '.join(f'{x:.2f}' for x in machine['load_average'] or ())}. "
+             "The machine is shared: numbers are noisy.",
              "", "| repeat | best Embed emb/s (concurrency) | Embed at each concurrency | bulk rows/s | bulk wall s "
              "| bulk client cores | ratio |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for number, sample in enumerate(results["repeats"], 1):
         bulk, best = sample["bulk"], sample["best_embed"]
         each = ", ".join(f"c={e['clients']}: {e['per_second']:.1f}" for e in sample["embed"])
-        lines.append(f"| {number} | {best['per_second']:.1f} ({best['clients']}) | {each} | {bulk['rows_per_second']:.1f} "
-                     f"| {bulk['wall_seconds']:.1f} | {bulk['cpu_seconds'] / bulk['wall_seconds']:.2f} "
-                     f"| {sample['ratio']:.2f} |")
+        lines.append(f"| {number} | {best['per_second']:.1f} ({best['clients']}) | {each} "
+                     f"| {bulk['rows_per_second']:.1f} | {bulk['wall_seconds']:.1f} "
+                     f"| {bulk['cpu_seconds'] / bulk['wall_seconds']:.2f} | {sample['ratio']:.2f} |")
     ratios = summarize(s["ratio"] for s in results["repeats"])
     if ratios:
         met = "yes" if ratios.median >= 0.9 else "**no**"
         lines += ["", f"Ratio median {ratios.median:.2f} (min {ratios.low:.2f}, max {ratios.high:.2f}); "
                       f"target >= 0.9: {met}"]
     if results["memory"]:
-        lines += ["", "| lines (short) | peak RSS of the bulk command | output .npy | rows/s |", "| --- | --- | --- | --- |"]
-        lines += [f"| {m['lines']:,} | {m['peak_rss_kernel_bytes'] / 2**20:.0f} MiB | {m['output_bytes'] / 2**20:.0f} MiB "
-                  f"| {m['rows_per_second']:.0f} |" for m in results["memory"]]
+        lines += ["", "| lines (short) | peak RSS of the bulk command | output .npy | rows/s |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {m['lines']:,} | {m['peak_rss_kernel_bytes'] / 2**20:.0f} MiB "
+                  f"| {m['output_bytes'] / 2**20:.0f} MiB | {m['rows_per_second']:.0f} |" for m in results["memory"]]
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,7 @@ from tests.test_grpc import metric, wait_for
 
 WORDS = "the quick brown fox jumps over a lazy dog while bulk embedding runs on many replicas".split()
 SEQUENCES = "ortembed_sequences_total"
+QUICK_STOP = ("--drain-seconds", "0")  # no drain window when a test stops its servers
 PREFLIGHT = 1  # each run first embeds one short text with its options (a wrong option stops it there)
 
 
@@ -78,8 +79,8 @@ def assert_alone(target: str, texts: list[str], vectors: np.ndarray, **options: 
 def pair(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """Two servers on one gRPC port of two loopback addresses (127.0.0.1 and 127.0.0.2)."""
     data = tmp_path_factory.mktemp("bulk-servers")
-    a = ServerProcess(model_repo, data / "a", "--only-models", TINY, grpc=True)
-    b = ServerProcess(model_repo, data / "b", "--only-models", TINY, "--grpc-host", "127.0.0.2", grpc=True)
+    a = ServerProcess(model_repo, data / "a", "--only-models", TINY, *QUICK_STOP, grpc=True)
+    b = ServerProcess(model_repo, data / "b", "--only-models", TINY, "--grpc-host", "127.0.0.2", *QUICK_STOP, grpc=True)
     b.grpc_port = a.grpc_port
     with a, b:
         yield a, b
@@ -257,7 +258,7 @@ def test_credentials(model_repo: Path, tmp_path: Path, capsys: pytest.CaptureFix
                      monkeypatch: pytest.MonkeyPatch) -> None:
     secrets_ = make_credentials(tmp_path)
     write_jsonl(tmp_path / "in.jsonl", 40, words=5)
-    with ServerProcess(model_repo, tmp_path, "--only-models", TINY, grpc=True) as proc:
+    with ServerProcess(model_repo, tmp_path, "--only-models", TINY, *QUICK_STOP, grpc=True) as proc:
         argv = [str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out"), "--model", TINY, "--quiet",
                 "--target", f"127.0.0.1:{proc.grpc_port}"]
         assert main([*argv, "--api-key", "wrong"]) == 1

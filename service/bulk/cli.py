@@ -41,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "one or many servers; rerun the same command to resume an interrupted run.",
         epilog="Exit status: 0 all rows embedded; 3 some rows failed (see OUT.failures.jsonl); 1 error "
                "(rerun to resume); 2 usage; 130 interrupted (rerun to resume).")
-    p.add_argument("input", type=Path, help="JSONL ({\"id\", \"text\"} or {\"id\", \"image\"} per line), CSV or Parquet")
+    p.add_argument("input", type=Path,
+                   help="JSONL ({\"id\", \"text\"} or {\"id\", \"image\"} per line), CSV or Parquet")
     p.add_argument("--out", type=Path, required=True,
-                   help="OUT.npy (+ OUT.ids.jsonl) or OUT.parquet; also OUT.failures.jsonl and, while it runs, OUT.journal/")
+                   help="OUT.npy (+ OUT.ids.jsonl) or OUT.parquet; also OUT.failures.jsonl and, while it runs, "
+                        "OUT.journal/")
     p.add_argument("--target", action="append", default=None,
                    help="host:port, or dns:///name:port (round_robin over every address: a headless Service); "
                         "repeat for several [default: 127.0.0.1:50051]")
