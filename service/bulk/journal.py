@@ -5,50 +5,32 @@
     <out>.journal/chunk-00000042.npz     rows [42 * chunk_rows, 43 * chunk_rows): their vectors,
                                          row numbers and ids, and the rows that failed
 
-Every file is written to a temporary name, fsynced and renamed (then the folder is fsynced), so
-a chunk file is complete or absent whatever kills the process; a chunk file is written only when
-every row of the chunk has a vector or a final failure. A rerun skips the chunks on disk.
+Every file is written to a temporary name, fsynced and renamed, then the folder is fsynced
+(service/fsutil.py), so a chunk file is complete or absent whatever kills the process; a chunk
+file is written only when every row of the chunk has a vector or a final failure. A rerun skips
+the chunks on disk.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
 
+from ..fsutil import atomic_stream, atomic_write, remove_stale
+
 VERSION = 1
 MANIFEST = "manifest.json"
 _CHUNK = "chunk-{:08d}.npz"
-_TMP = ".tmp"
 _COMPARED = ("version", "input", "request", "chunk_rows")
 
 
 class JournalMismatch(Exception):
     """The journal belongs to another input or other options."""
-
-
-def fsync_folder(folder: Path) -> None:
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """write(handle) into a temporary file, then fsync and rename it to `path`."""
-    temporary = path.with_name(path.name + _TMP)
-    with temporary.open("wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    fsync_folder(path.parent)
 
 
 def _json_bytes(value: Any) -> np.ndarray:
@@ -87,11 +69,10 @@ class Journal:
                 raise JournalMismatch(f"{self.folder} belongs to another run ({', '.join(changed)} differ: "
                                       f"{'the input file changed' if 'input' in changed else 'other options'}); "
                                       "pass --restart to discard it and start over")
-            for stale in self.folder.glob("*" + _TMP):
-                stale.unlink()
+            remove_stale(self.folder)  # chunks whose write was interrupted
             return self.done()
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda handle: handle.write(json.dumps(manifest, indent=2).encode()))
+        atomic_write(path, json.dumps(manifest, indent=2).encode())
         return set()
 
     def done(self) -> set[int]:
@@ -101,7 +82,7 @@ class Journal:
         def save(handle: BinaryIO) -> None:
             np.savez(handle, rows=chunk.rows.astype(np.int64), vectors=chunk.vectors, ids=_json_bytes(chunk.ids),
                      failures=_json_bytes(chunk.failures))
-        atomic_write(self.chunk_path(chunk.index), save)
+        atomic_stream(self.chunk_path(chunk.index), save)
 
     def load(self, index: int, name: str) -> Any:
         """One member of a chunk file: rows, vectors (arrays), ids or failures (lists)."""

@@ -18,7 +18,8 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 import orjson
 
-from .journal import Journal, atomic_write
+from ..fsutil import atomic_stream, remove_stale
+from .journal import Journal
 from .readers import require_pyarrow
 
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -79,7 +80,7 @@ def _write_npy(path: Path, journal: Journal, count: int) -> int:
         for vectors in _members(journal, count, "vectors"):
             if len(vectors):
                 handle.write(np.ascontiguousarray(vectors, dtype=dtype).tobytes())
-    atomic_write(path, write)
+    atomic_stream(path, write)
     return total
 
 
@@ -88,7 +89,7 @@ def _write_lines(path: Path, journal: Journal, count: int, what: str) -> None:
         for items in _members(journal, count, what):
             for item in items:
                 handle.write(orjson.dumps(item, default=str) + b"\n")
-    atomic_write(path, write)
+    atomic_stream(path, write)
 
 
 def _write_parquet(path: Path, journal: Journal, count: int) -> int:
@@ -109,12 +110,15 @@ def _write_parquet(path: Path, journal: Journal, count: int) -> int:
                 writer.write_table(pa.Table.from_arrays([ids, pa.FixedSizeListArray.from_arrays(values, width)],
                                                         schema=schema))
         writer.close()
-    atomic_write(path, write)
+    atomic_stream(path, write)
     return total
 
 
 def assemble(journal: Journal, count: int, outputs: Outputs) -> int:
     """Write every output from chunks 0..count-1; the number of vectors written."""
+    for path in (outputs.vectors, outputs.ids, outputs.failures):
+        if path is not None:  # temporary files of an assembly that was interrupted
+            remove_stale(path.parent, f".{path.name}.*.tmp")
     _write_lines(outputs.failures, journal, count, "failures")
     if outputs.parquet:
         return _write_parquet(outputs.vectors, journal, count)
