@@ -1,15 +1,11 @@
 """`python -m service`: serve REST and gRPC (flags: `python -m service --help`);
-`python -m service auth ...`: manage credentials (`python -m service auth --help`)."""
+`python -m service auth ...`: manage credentials (`python -m service auth --help`);
+`python -m service embed ...`: embed a file over gRPC (`python -m service embed --help`)."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
-
-from . import logs
-from .config import load_settings
-from .server import serve
-from .startup import StartupError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +14,15 @@ def main(argv: list[str] | None = None) -> int:
         from .auth.cli import main as auth_main
 
         return auth_main(argv[1:])
+    if argv[:1] == ["embed"]:  # a gRPC client: none of the server's imports
+        from .bulk.cli import main as embed_main
+
+        return embed_main(argv[1:])
+    from . import logs
+    from .config import load_settings
+    from .server import serve
+    from .startup import StartupError
+
     settings = load_settings(argv)
     logs.configure(settings.log_level)
     try:

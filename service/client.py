@@ -27,6 +27,7 @@ _ELEMENTS = {None: pb.ELEMENT_TYPE_UNSPECIFIED, "float": pb.ELEMENT_TYPE_FLOAT, 
              "bit": pb.ELEMENT_TYPE_BIT}
 _INPUT_TYPES = {None: pb.INPUT_TYPE_UNSPECIFIED, "search": pb.INPUT_TYPE_SEARCH, "ingest": pb.INPUT_TYPE_INGEST,
                 "classification": pb.INPUT_TYPE_CLASSIFICATION, "clustering": pb.INPUT_TYPE_CLUSTERING}
+INPUT_TYPES = tuple(name for name in _INPUT_TYPES if name)
 _TRUNCATION = {None: pb.TRUNCATION_UNSPECIFIED, True: pb.TRUNCATION_TRUNCATE, False: pb.TRUNCATION_ERROR}
 
 
@@ -50,7 +51,8 @@ def embed_request(inputs: Sequence[InputItem] | InputItem, *, model: str, input_
         truncation=_TRUNCATION[truncate], request_id=request_id)
 
 
-def _metadata(api_key: str | None, authorization: str | None) -> tuple[tuple[str, str], ...]:
+def auth_metadata(api_key: str | None, authorization: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries the credentials: `authorization` as is, else Bearer api_key."""
     header = authorization or (f"Bearer {api_key}" if api_key else None)
     return (("authorization", header),) if header else ()
 
@@ -63,7 +65,7 @@ class EmbeddingsClient:
                  authorization: str | None = None, timeout: float | None = 30.0) -> None:
         self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.EmbeddingsStub(self._channel)
-        self._metadata = _metadata(api_key, authorization)
+        self._metadata = auth_metadata(api_key, authorization)
         self.timeout = timeout
 
     def embed(self, inputs: Sequence[InputItem] | InputItem, *, model: str, input_type: str | None = None,
@@ -97,7 +99,7 @@ class AsyncEmbeddingsClient:
                  authorization: str | None = None, timeout: float | None = 30.0) -> None:
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = pb_grpc.EmbeddingsStub(self._channel)
-        self._metadata = _metadata(api_key, authorization)
+        self._metadata = auth_metadata(api_key, authorization)
         self.timeout = timeout
 
     async def embed(self, inputs: Sequence[InputItem] | InputItem, *, model: str, input_type: str | None = None,

@@ -9,6 +9,7 @@ import errno
 import os
 import uuid
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -30,14 +31,17 @@ def fsync_folder(folder: Path) -> None:
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace `path` with `data` atomically and durably (see the module docstring)."""
+    atomic_stream(path, lambda handle: handle.write(data), mode)
+
+
+def atomic_stream(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o644) -> None:
+    """atomic_write for a file written piece by piece (too big to hold): write(handle) fills it."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
