@@ -7,6 +7,8 @@ DEFAULT_MODEL ?= all-minilm-l6-v2
 STAMP := $(VENV)/.installed
 # The real CLIP BPE vocabulary for the tests' tiny CLIP; installed without its dependencies.
 OPEN_CLIP ?= open-clip-torch==3.3.0
+# buf (the protobuf linter) from the npm registry, where npm exists; its test skips otherwise.
+BUF ?= @bufbuild/buf@1.75.0
 
 .PHONY: run test venv models proto bench bench-quick lock clean
 
@@ -14,9 +16,11 @@ OPEN_CLIP ?= open-clip-torch==3.3.0
 # same pip command so the resolver can never swap in a CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -qq "torch==2.13.0" -e ".[export,test,bench]"
-	$(PY) -m pip install -qq --no-deps "$(OPEN_CLIP)"
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "torch==2.13.0" -e ".[export,test,bench]"
+	$(PY) -m pip install --no-deps "$(OPEN_CLIP)"
+	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix .cache/buf "$(BUF)" \
+	  || echo "buf not installed: its lint test will be skipped"; fi
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub, ever: sources are local folders or packages
@@ -51,11 +52,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="another name the model answers to (repeatable), e.g. an id clients already send")
     parser.add_argument("--no-hub-alias", action="store_true",
                         help="do not record the source's Hugging Face id (found in its model card) as an alias")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the warnings of torch, transformers, optimum and ONNX Runtime (hidden otherwise)")
     args = parser.parse_args(argv)
+    if not args.verbose:  # tracer and deprecation chatter of the libraries: nothing a user can act on
+        warnings.filterwarnings("ignore", module=r"(torch|transformers|optimum|onnx|onnxruntime|onnxscript)(\.|$)")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # onnxruntime.quantization logs every tensor at INFO on the root logger: keep the root at
     # WARNING and let only our own progress through at INFO.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("export").setLevel(logging.INFO)
+    if not args.verbose:  # ONNX Runtime's quantizer advises through the root logger
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: "onnxruntime" not in record.pathname or record.levelno >= logging.ERROR)
     try:
         export_model(args.source, args.name, args.out, recipe=args.recipe, vision_recipe=args.vision_recipe,
                      max_tokens=args.max_tokens,

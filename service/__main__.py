@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 
@@ -19,12 +20,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return embed_main(argv[1:])
     from . import logs
-    from .config import load_settings
     from .server import serve
+    from .settings_cli import load_settings, unknown_variables
     from .startup import StartupError
 
     settings = load_settings(argv)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format, settings.access_log)
+    for name in unknown_variables(dict(os.environ)):
+        logging.getLogger("ortembed").warning("environment variable %s is not an ortembed setting (a typo?); "
+                                              "ignored", name)
     try:
         asyncio.run(serve(settings))
     except StartupError as exc:

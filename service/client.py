@@ -12,6 +12,7 @@ Errors are `grpc.RpcError` with the server's status code (`.code()`) and message
 """
 from __future__ import annotations
 
+import json
 from typing import Literal, Sequence, Union
 
 import grpc
@@ -57,13 +58,29 @@ def auth_metadata(api_key: str | None, authorization: str | None) -> tuple[tuple
     return (("authorization", header),) if header else ()
 
 
+# gRPC's own retry policy: RESOURCE_EXHAUSTED (the server's queue is full) and UNAVAILABLE (not
+# ready, draining, a replica gone) are retried with exponential backoff, by the channel itself.
+RETRY_POLICY = {"methodConfig": [{
+    "name": [{"service": pb.DESCRIPTOR.services_by_name["Embeddings"].full_name}],
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "5s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["RESOURCE_EXHAUSTED", "UNAVAILABLE"]},
+}]}
+
+
+def channel_options(balanced: bool = True) -> list[tuple[str, object]]:
+    """Options of every client channel: the retry policy, and round_robin over every address a
+    name resolves to (a headless Service's pods)."""
+    config = dict(RETRY_POLICY, **({"loadBalancingConfig": [{"round_robin": {}}]} if balanced else {}))
+    return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))]
+
+
 class EmbeddingsClient:
     """Blocking client. `api_key` is sent as `Bearer <api_key>`; `authorization` as given
     (e.g. "Basic ..." or "ApiKey ..."). `timeout` (seconds) becomes each call's deadline."""
 
     def __init__(self, target: str = "127.0.0.1:50051", *, api_key: str | None = None,
                  authorization: str | None = None, timeout: float | None = 30.0) -> None:
-        self._channel = grpc.insecure_channel(target)
+        self._channel = grpc.insecure_channel(target, options=channel_options())
         self._stub = pb_grpc.EmbeddingsStub(self._channel)
         self._metadata = auth_metadata(api_key, authorization)
         self.timeout = timeout
@@ -97,7 +114,7 @@ class AsyncEmbeddingsClient:
 
     def __init__(self, target: str = "127.0.0.1:50051", *, api_key: str | None = None,
                  authorization: str | None = None, timeout: float | None = 30.0) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = grpc.aio.insecure_channel(target, options=channel_options())
         self._stub = pb_grpc.EmbeddingsStub(self._channel)
         self._metadata = auth_metadata(api_key, authorization)
         self.timeout = timeout

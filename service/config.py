@@ -1,14 +1,10 @@
-"""Every server setting: one CLI flag and one ORTEMBED_* environment variable, validated once.
-
-Precedence: flag, then environment variable, then default.
+"""Every server setting: one CLI flag and one ORTEMBED_* environment variable (settings_cli.py
+reads them), validated once.
 """
 from __future__ import annotations
 
-import argparse
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 from .auth.authenticator import AUTH_MODES
 from .engine.repository import EngineSettings
@@ -17,23 +13,6 @@ from .engine.policy import POLICIES, BatchPolicy
 from .inputs import InputLimits
 
 ENV_PREFIX = "ORTEMBED_"
-
-
-def _bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-def _optional_int(value: str) -> int | None:
-    return None if value.strip().lower() in ("", "auto") else int(value)
-
-
-def _optional_path(value: str) -> Path | None:
-    return Path(value) if value.strip() else None
 
 
 @dataclass(frozen=True)
@@ -78,6 +57,8 @@ class Settings:
     stuck_seconds: float = 120.0
     reload_seconds: float = 2.0
     log_level: str = "INFO"
+    log_format: str = "text"
+    access_log: bool = True
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(
@@ -113,108 +94,6 @@ class Settings:
         return self.endpoints_dir or self.data_dir / "endpoints"
 
 
-_HELP: dict[str, str] = {
-    "host": "REST listen address",
-    "port": "REST listen port",
-    "grpc_host": "gRPC listen address",
-    "grpc_port": "gRPC listen port (0: no gRPC server)",
-    "models": "model repository: one folder per model, as written by `python -m export`",
-    "data_dir": "where endpoints and credentials are stored",
-    "auth": "auto: authentication is on as soon as the credentials file exists (even empty); required: "
-            "refuse to start without credentials; off: every route open",
-    "auth_file": "the credentials file (auto: <data-dir>/credentials.json)",
-    "endpoints_dir": "folder of stored inference endpoints, one JSON file each; read-only: endpoints are "
-                     "managed by the deployment (auto: <data-dir>/endpoints)",
-    "only_models": "comma-separated model names to load (default: every model in the repository)",
-    "workers": "session worker threads per model (auto: usable CPUs)",
-    "intra_op_threads": "ONNX Runtime intra-op threads per worker (auto: CPUs / workers)",
-    "lone_threads": "ONNX Runtime threads of a second session that runs a call while no other call "
-                    "runs or waits (auto: usable CPUs; 1: off)",
-    "batch_policy": f"how session calls are formed: {', '.join(POLICIES)}",
-    "max_batch": "most sequences in one session call",
-    "max_batch_tokens": "padded-token budget of one session call (longest x count)",
-    "short_tokens": "hybrid policy: sequences up to this many tokens are batched",
-    "max_queue": "sequences waiting per model before requests are refused with 429",
-    "truncate": "truncate inputs longer than the model's limit (false: reject them)",
-    "max_body_bytes": "largest request body accepted",
-    "max_inputs": "most inputs in one request",
-    "max_input_chars": "most characters in one text input",
-    "max_request_chars": "most characters of text in one request, all inputs together",
-    "max_images": "most images in one request",
-    "max_image_bytes": "largest encoded image accepted, in bytes",
-    "max_image_pixels": "most pixels in one image, read from its header before any decoding",
-    "max_image_frames": "most frames in one image (animations are embedded from their first frame)",
-    "image_draft": "decode large JPEGs at a reduced size first (about 2.6x faster on 12 MP photos; not bit-exact)",
-    "default_timeout": "seconds a request may wait when it sets no timeout",
-    "header_timeout": "seconds a client may take to send a request's headers before the connection is closed",
-    "body_timeout": "seconds a client may take to send a request's body before it is answered 408",
-    "keepalive_timeout": "seconds an idle connection is kept open",
-    "max_connections": "open HTTP connections at once; more are answered 503 (auto: 4096, less if the "
-                       "file-descriptor limit is lower)",
-    "stuck_seconds": "a session call running longer than this makes /health answer 503 (a stuck worker)",
-    "reload_seconds": "how often the model folder is checked for models added, replaced or removed (0: never)",
-    "drain_seconds": "after SIGTERM, seconds during which /ready answers 503 while requests are still served; "
-                     "then in-flight requests finish and the process exits 0",
-    "log_level": "DEBUG, INFO, WARNING or ERROR",
-}
-
-
-def _parser_for(field_type: Any) -> Callable[[str], Any]:
-    text = str(field_type)
-    if "bool" in text:
-        return _bool
-    if "Path | None" in text:
-        return _optional_path
-    if "int | None" in text:
-        return _optional_int
-    if "int" in text:
-        return int
-    if "float" in text:
-        return float
-    if "Path" in text:
-        return Path
-    return str
-
-
-def build_parser(prog: str = "python -m service") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Serve embeddings over REST and gRPC.")
-    for f in fields(Settings):
-        env = ENV_PREFIX + f.name.upper()
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=_parser_for(f.type),
-            default=None,
-            metavar=f.name.upper(),
-            help=f"{_HELP.get(f.name, '')} [env {env}; default {f.default}]",
-        )
-    return parser
-
-
-def load_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Flags over environment over defaults; raises SystemExit with a clear message when invalid."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    environ = dict(os.environ if environ is None else environ)
-    values: dict[str, Any] = {}
-    for f in fields(Settings):
-        flag_value = getattr(args, f.name)
-        if flag_value is not None:
-            values[f.name] = flag_value
-            continue
-        env_value = environ.get(ENV_PREFIX + f.name.upper())
-        if env_value is not None:
-            try:
-                values[f.name] = _parser_for(f.type)(env_value)
-            except ValueError as exc:
-                parser.error(f"{ENV_PREFIX + f.name.upper()}: {exc}")
-    settings = Settings(**values)
-    problems = validate(settings)
-    if problems:
-        parser.error("; ".join(problems))
-    return settings
-
-
 def validate(settings: Settings) -> list[str]:
     problems = []
     if settings.auth not in AUTH_MODES:
@@ -242,6 +121,8 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} must be positive or auto")
     if settings.default_timeout <= 0:
         problems.append("--default-timeout must be positive")
+    if settings.log_format not in ("text", "json"):
+        problems.append("--log-format must be text or json")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append("--log-level must be DEBUG, INFO, WARNING or ERROR")
     return problems

@@ -6,6 +6,7 @@ shape the answer."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,6 +18,7 @@ from .engine.model import EmbedOptions, EmbeddingModel, Embeddings
 from .engine.pooling import l2_normalize, truncate_dimensions
 from .engine.repository import ModelRepository
 from .inputs import Input
+from .logs import RequestInfo
 from .targets import EndpointLookup, Target, resolve
 
 
@@ -61,7 +63,7 @@ def find_target(name: str, repository: ModelRepository, endpoints: EndpointLooku
     try:
         return resolve(name, repository, endpoints)
     except ModelNotFound as exc:
-        exc.known = sorted(repository.names)
+        exc.known = sorted({*repository.names, *repository.aliases()})
         raise
 
 
@@ -148,3 +150,20 @@ async def embed(request: EmbedRequest, repository: ModelRepository,
                        prompt_tokens=text.prompt_tokens if text else 0, timings=timings,
                        images=sum(p.kind == "image" for p in parts),
                        characters=sum(len(p.text) for p in parts if p.kind == "text"))
+
+
+def describe(info: RequestInfo, result: EmbedResult) -> None:
+    """Fill a request's access-line info and timing fields from its result."""
+    info.model, info.inputs, info.tokens, info.images = (result.target.inference_id, len(result.vectors),
+                                                         result.prompt_tokens, result.images)
+    info.headers = timing_fields(result, time.perf_counter() - info.started)
+
+
+def timing_fields(result: EmbedResult, total_seconds: float) -> dict[str, str]:
+    """text-embeddings-inference's timing and size headers (milliseconds, as integers), sent on
+    every embedding answer and as gRPC trailing metadata."""
+    timings = result.timings
+    return {"x-total-time": str(round(total_seconds * 1000)), "x-tokenization-time": str(round(timings.tokenization * 1000)),
+            "x-queue-time": str(round(timings.queue * 1000)), "x-inference-time": str(round(timings.inference * 1000)),
+            "x-compute-tokens": str(result.prompt_tokens), "x-compute-characters": str(result.characters),
+            "x-compute-images": str(result.images)}

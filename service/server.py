@@ -42,11 +42,12 @@ def _check_port(flag: str, host: str, port: int) -> None:
             raise StartupError(f"{flag} {port}: {host}:{port} {why}") from None
 
 
-def _max_connections(settings: Settings) -> int:
-    """The configured bound, or one the file-descriptor limit can hold (raised to its hard cap)."""
+def resolved_max_connections(settings: Settings, adjust: bool = True) -> int:
+    """The configured bound, or one the file-descriptor limit can hold (raised to its hard cap
+    when `adjust`)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = (settings.max_connections or _DEFAULT_MAX_CONNECTIONS) + _SPARE_DESCRIPTORS
-    if soft != resource.RLIM_INFINITY and soft < wanted:
+    if adjust and soft != resource.RLIM_INFINITY and soft < wanted:
         new_soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
@@ -71,7 +72,7 @@ async def serve(settings: Settings) -> None:
     app = create_app(settings, extra_contexts=(grpc_server.context,) if grpc_server else ())
     if grpc_server is not None:  # no new calls and a short grace once the listeners close
         app.on_shutdown.append(grpc_server.shutdown)
-    guard = HttpGuard(header_timeout=settings.header_timeout, max_connections=_max_connections(settings))
+    guard = HttpGuard(header_timeout=settings.header_timeout, max_connections=resolved_max_connections(settings))
     # handler_cancellation: a client that disconnects cancels its handler, and with it the
     # queued work (the scheduler skips sequences whose caller is gone).
     runner = GuardedAppRunner(app, guard, handler_cancellation=True, access_log=None,

@@ -57,7 +57,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-5000:]}")
             try:
                 with urllib.request.urlopen(self.url + "/ready", timeout=2) as response:
                     if response.status == 200:
@@ -66,7 +66,7 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()[-5000:]}")
 
     def expect_exit(self, timeout: float = 60.0) -> tuple[int, str]:
         """Start a server that must refuse to start: (exit code, its output)."""
@@ -92,7 +92,7 @@ class ServerProcess:
 
     def log(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-5000:]
+            return self.log_path.read_text(errors="replace")[-5_000_000:]
         except OSError:
             return ""
 

@@ -25,7 +25,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from service.config import ENV_PREFIX, Settings, load_settings
+from service.config import ENV_PREFIX, Settings
+from service.settings_cli import load_settings
 from service.endpoint_store import EndpointStore
 from tests.kustomize import Doc, MERGE_KEYS, load_docs, pod_containers, render, split_image
 from tests.server import REPO_ROOT
@@ -35,11 +36,6 @@ PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 KUSTOMIZATIONS = sorted(path.parent for path in DEPLOY.rglob("kustomization.yaml"))
 K8S_VERSION = kubernetes_validate.latest_version()
 SETTING_NAMES = {f.name for f in fields(Settings)}
-# Settings being added to service/config.py for issue 13 (drain window, stuck workers; auth,
-# auth_file and endpoints_dir are fields already). This allow-list and its defaults go once they
-# are Settings fields: then the fields alone decide.
-PENDING_SETTINGS = {"drain_seconds", "stuck_seconds"}
-PENDING_DEFAULTS = {"drain_seconds": 5.0, "stuck_seconds": 120.0}
 # The volume types the Pod Security Standard "restricted" allows.
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                       "projected", "secret"}
@@ -81,10 +77,7 @@ def server_settings(env: dict[str, str]) -> Settings:
 
 def setting(env: dict[str, str], name: str) -> Any:
     """The value the server takes for `name` under this env."""
-    if name in SETTING_NAMES:
-        return getattr(server_settings(env), name)
-    variable = ENV_PREFIX + name.upper()
-    return float(env[variable]) if variable in env else PENDING_DEFAULTS[name]
+    return getattr(server_settings(env), name)
 
 
 def labels_match(selector: dict[str, str], docs: list[Doc]) -> bool:
@@ -259,7 +252,7 @@ def test_endpoints_are_shared_by_every_replica(rendered: list[Doc], tmp_path: Pa
 
 
 def test_every_setting_the_manifests_give_is_a_server_setting(rendered: list[Doc]) -> None:
-    known = {ENV_PREFIX + n.upper() for n in SETTING_NAMES | PENDING_SETTINGS}
+    known = {ENV_PREFIX + n.upper() for n in SETTING_NAMES}
     names = {e["name"] for e in container(rendered).get("env", [])} | set(_dockerfile_env())
     assert {n for n in names if n.startswith(ENV_PREFIX)} <= known
     server_settings(_dockerfile_env() | env_of(rendered))  # the server's parser accepts every value

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import grpc
+import numpy as np
 import httpx
 import pytest
 
@@ -66,3 +67,48 @@ def test_token_id_arrays_are_counted_before_they_are_decoded(server: ServerProce
     assert fine.status_code == 200 and len(fine.json()["data"]) == 3
     bad = httpx.post(server.url + "/v1/embeddings", json={"model": TINY, "input": [[1], [True]]}, timeout=30)
     assert bad.status_code == 400 and "input[1] must be a non-empty array of integer token ids" in bad.text
+
+
+def test_v1_reflection_lists_the_services(raw_channel: grpc.Channel) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    call = raw_channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+    (answer,) = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"ortembed.v1.Embeddings", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} <= names
+
+
+def test_the_client_helper_retries_overload_and_unavailable_by_grpc_policy() -> None:
+    """A stand-in server that refuses the first calls: the client helper's channel retries them
+    (gRPC's own retry policy), the caller sees one answer."""
+    from concurrent import futures
+
+    from service.client import EmbeddingsClient
+    from service.grpc.gen import embeddings_pb2_grpc as pb_grpc
+    from service.grpc.wire import embeddings_wire
+
+    calls: list[int] = []
+
+    class Refusing(pb_grpc.EmbeddingsServicer):
+        def Embed(self, request, context):  # noqa: ANN001, N802 - gRPC's names
+            calls.append(1)
+            if len(calls) == 1:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
+            if len(calls) == 2:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
+            response = pb.EmbedResponse.FromString(embeddings_wire(np.ones((1, 4), np.float32)))
+            response.element_type = pb.ELEMENT_TYPE_FLOAT
+            return response
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    pb_grpc.add_EmbeddingsServicer_to_server(Refusing(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with EmbeddingsClient(f"127.0.0.1:{port}", timeout=30) as client:
+            assert client.embed("x", model="m").shape == (1, 4)
+    finally:
+        server.stop(0)
+    assert len(calls) == 3

@@ -8,14 +8,15 @@ MESSAGE_LIMIT = 2000
 _BRACKETED = re.compile(r"\[([^\]]{%d,})\]" % (ECHO_LIMIT + 1), re.S)
 
 
+def echo(value: str) -> str:
+    """A caller's value as quoted back: cut to ECHO_LIMIT characters."""
+    return value if len(value) <= ECHO_LIMIT else f"{value[:ECHO_LIMIT]}... ({len(value) - ECHO_LIMIT} more characters)"
+
+
 def clip_echoes(message: str) -> str:
     """Messages quote the caller's values in [brackets]; a 100k-character model name must not come
     back whole (nor turn a gRPC NOT_FOUND into RESOURCE_EXHAUSTED by its size)."""
-    def cut(match: re.Match[str]) -> str:
-        value = match.group(1)
-        return f"[{value[:ECHO_LIMIT]}... ({len(value) - ECHO_LIMIT} more characters)]"
-
-    message = _BRACKETED.sub(cut, message)
+    message = _BRACKETED.sub(lambda match: f"[{echo(match.group(1))}]", message)
     return message if len(message) <= MESSAGE_LIMIT else message[:MESSAGE_LIMIT] + "... (message cut)"
 
 

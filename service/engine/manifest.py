@@ -192,6 +192,11 @@ class Manifest:
     def accepts_images(self) -> bool:
         return self.modality in ("image", "text+image")
 
+    @property
+    def modalities(self) -> list[str]:
+        """["text"], ["image"] or ["text", "image"]."""
+        return [kind for kind, ok in (("text", self.accepts_text), ("image", self.accepts_images)) if ok]
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["inputs"] = list(self.inputs)

@@ -7,7 +7,8 @@ import grpc
 
 from ..api_errors import (EndpointModelMissing, LoginThrottled, PayloadTooLarge, StoreReadOnly, StoreUnavailable,
                           Unauthenticated)
-from ..engine.errors import DeadlineExceeded, EngineError, InvalidInput, ModelNotFound, NotReady, Overloaded
+from ..engine.errors import (DeadlineExceeded, EngineError, InvalidInput, ModelNotFound, NotReady, Overloaded,
+                             clip_echoes)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ def message_of(error: Exception) -> str:
 def failure(error: Exception) -> tuple[grpc.StatusCode, str]:
     """(code, message) for the caller. Anything outside the engine's hierarchy is a bug: it is
     logged with its traceback and the caller sees INTERNAL without the details."""
+    if isinstance(error, ModelNotFound) and error.known:  # what the caller could have asked for
+        known = ", ".join(error.known[:50])
+        return status_of(error), clip_echoes(f"{message_of(error)}; models here: [{known}]")
     if isinstance(error, EngineError):
         return status_of(error), message_of(error)
     log.error("unhandled error in a gRPC call", exc_info=error)

@@ -11,7 +11,7 @@ from typing import AsyncIterator
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from ..config import Settings
 from ..rest.keys import AUTH, ENDPOINTS, METRICS, REPOSITORY
@@ -25,6 +25,22 @@ SERVICE_NAME = embeddings_pb2.DESCRIPTOR.services_by_name["Embeddings"].full_nam
 GRACE_SECONDS = 30.0
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_v1_reflection(service_names: tuple[str, ...], server: grpc.aio.Server) -> None:
+    """Reflection under the v1 name (grpcurl and newer tools ask for it) besides v1alpha. The two
+    protocols' messages are the same on the wire (same fields, another package), so the v1alpha
+    servicer answers both."""
+    servicer = reflection.aio.ReflectionServicer(service_names)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo, request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1,
+                                                                         {"ServerReflectionInfo": handler}),))
 
 
 class GrpcServer:
@@ -45,12 +61,18 @@ class GrpcServer:
             # gRPC sets SO_REUSEPORT by default: a second server on the same port would then
             # start "fine" and silently share connections. Fail loudly instead.
             ("grpc.so_reuseport", 0),
+            # Clients re-resolve and rebalance when a connection ends: end them now and then, so
+            # replicas the autoscaler adds get their share of long-lived channels.
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+            ("grpc.max_connection_age_grace_ms", int(GRACE_SECONDS * 1000)),
         ])
         servicer = EmbeddingsServicer(settings, app[REPOSITORY], app.get(ENDPOINTS), app[AUTH], app[METRICS])
         add_servicer(servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
+        reflection.enable_server_reflection(names, server)
+        _enable_v1_reflection(names, server)
         port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
         await server.start()
         # The repository's context ran first: its models are loaded and warmed up, or it has none.

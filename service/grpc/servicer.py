@@ -17,7 +17,9 @@ import grpc
 from ..api_errors import IllegalArgument
 from ..auth import Authenticator
 from ..config import Settings
-from ..embedding import EmbedRequest, EmbedResult, embed
+from .. import logs
+from ..embedding import EmbedRequest, EmbedResult, describe, embed
+from ..logs import RequestInfo
 from ..engine.encodings import ElementType
 from ..inputs import Input, check_inputs
 from ..engine.repository import ModelRepository
@@ -104,9 +106,10 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
         response.usage.prompt_tokens = response.usage.total_tokens = result.prompt_tokens
         return response
 
-    async def _embed(self, request: pb.EmbedRequest, deadline: float) -> pb.EmbedResponse:
+    async def _embed(self, request: pb.EmbedRequest, deadline: float, info: RequestInfo) -> pb.EmbedResponse:
         call = self._call(request, deadline)
         result = await embed(call, self.repository, self.endpoints)
+        describe(info, result)
         # Bits are packed, so the size comes from the request or target, not the array's width.
         target = result.target
         dimensions = call.dimensions or target.dimensions or target.model.manifest.dimensions
@@ -117,8 +120,21 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
         metadata = dict(context.invocation_metadata() or ())
         await self.auth.check(metadata.get("authorization"), peer_host(context.peer()))
 
-    def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
-        self.metrics.observe("grpc", f"/{_SERVICE}/{method}", code.name, time.perf_counter() - started)
+    @staticmethod
+    def _begin(context: grpc.aio.ServicerContext) -> RequestInfo:
+        """The call's request id (the caller's `x-request-id` or a new one) and W3C trace id on
+        every log line of the call."""
+        metadata = dict(context.invocation_metadata() or ())
+        # The peer is read now, while the call is live (not once it has been cancelled).
+        info = RequestInfo(started=time.perf_counter(), request_id=logs.request_id_from(metadata.get("x-request-id")),
+                           client=peer_host(context.peer()))
+        logs.bind(info.request_id, logs.trace_id_from(metadata.get("traceparent")))
+        return info
+
+    def _observe(self, method: str, code: grpc.StatusCode, info: RequestInfo, context: grpc.aio.ServicerContext) -> None:
+        route = f"/{_SERVICE}/{method}"
+        self.metrics.observe("grpc", route, code.name, time.perf_counter() - info.started)
+        info.line(f"gRPC {route} {code.name}", transport="grpc", route=route, status=code.name)
 
     @staticmethod
     def _gone(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
@@ -128,44 +144,50 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
         return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
     async def _unary(self, method: str, context: grpc.aio.ServicerContext, request: object,
-                     work: Callable[[], Awaitable[T]]) -> T:
-        """Authenticate, run, count; a failure ends the call with its status."""
-        started = time.perf_counter()
+                     work: Callable[[RequestInfo], Awaitable[T]]) -> T:
+        """Authenticate, run, count, log; a failure ends the call with its status. The request id
+        and the timing fields travel back as trailing metadata."""
+        info = self._begin(context)
         code: grpc.StatusCode | None = None
         try:
             await self._authenticate(context)
             if isinstance(request, Malformed):
                 raise request.error()
-            result = await work()
+            result = await work(info)
             code = grpc.StatusCode.OK
             return result
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
             code, message = failure(exc)
+            context.set_trailing_metadata((("x-request-id", info.request_id),))
             await context.abort(code, message)
             raise  # abort() always raises; this keeps type checkers content
         finally:
-            self._observe(method, code or self._gone(context), started)
+            if code == grpc.StatusCode.OK:
+                context.set_trailing_metadata((("x-request-id", info.request_id), *info.headers.items()))
+            self._observe(method, code or self._gone(context), info, context)
 
     # -- RPCs ----------------------------------------------------------------------------
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        return await self._unary("Embed", context, request, lambda: self._embed(request, self._deadline(context)))
+        return await self._unary("Embed", context, request, lambda info: self._embed(request, self._deadline(context), info))
 
     async def EmbedStream(self, requests: AsyncIterator[pb.EmbedRequest],
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EmbedStreamResponse]:
+        call = self._begin(context)
         try:
             await self._authenticate(context)
         except Exception as exc:  # noqa: BLE001 - the whole call is refused
             code, message = failure(exc)
-            self._observe("EmbedStream", code, time.perf_counter())
+            self._observe("EmbedStream", code, call, context)
             await context.abort(code, message)
         # Answers in request order; up to STREAM_WINDOW requests are computed at once.
         window: asyncio.Queue[asyncio.Task[pb.EmbedStreamResponse] | None] = asyncio.Queue(STREAM_WINDOW)
 
         async def one(request: pb.EmbedRequest | Malformed, deadline: float) -> pb.EmbedStreamResponse:
-            started, code = time.perf_counter(), None
             request_id = "" if isinstance(request, Malformed) else request.request_id
+            info = RequestInfo(time.perf_counter(), f"{call.request_id}/{request_id}", client=call.client)
+            code = None
             try:
-                response = await self._embed(request, deadline)
+                response = await self._embed(request, deadline, info)
                 code = grpc.StatusCode.OK
                 return pb.EmbedStreamResponse(request_id=request_id, response=response)
             except Exception as exc:  # noqa: BLE001 - in-band: the stream goes on
@@ -173,7 +195,7 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
                 return pb.EmbedStreamResponse(request_id=request_id,
                                               error=pb.Error(code=code.name, message=message))
             finally:
-                self._observe("EmbedStream", code or self._gone(context), started)
+                self._observe("EmbedStream", code or self._gone(context), info, context)
 
         async def read() -> None:
             try:
@@ -202,11 +224,11 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        return await self._unary("ListModels", context, request, self._list_models)
+        return await self._unary("ListModels", context, request, lambda info: self._list_models())
 
     async def ListEndpoints(self, request: pb.ListEndpointsRequest,
                             context: grpc.aio.ServicerContext) -> pb.ListEndpointsResponse:
-        return await self._unary("ListEndpoints", context, request, self._list_endpoints)
+        return await self._unary("ListEndpoints", context, request, lambda info: self._list_endpoints())
 
     # -- listings ------------------------------------------------------------------------
     async def _list_models(self) -> pb.ListModelsResponse:
@@ -215,7 +237,9 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
             m = model.manifest
             models.append(pb.Model(name=m.name, dimensions=m.dimensions, max_tokens=m.max_tokens, modality=m.modality,
                                    recipe=m.recipe, fidelity_mean_cosine=m.fidelity.mean_cosine if m.fidelity else 0.0,
-                                   fidelity_min_cosine=m.fidelity.min_cosine if m.fidelity else 0.0))
+                                   fidelity_min_cosine=m.fidelity.min_cosine if m.fidelity else 0.0,
+                                   aliases=list(m.aliases), backend=model.settings.backend,
+                                   modalities=m.modalities))
         return pb.ListModelsResponse(models=models)
 
     async def _list_endpoints(self) -> pb.ListEndpointsResponse:

@@ -111,7 +111,7 @@ def repository_context(settings: Settings) -> Callable[[web.Application], AsyncI
 
 def create_app(settings: Settings, extra_contexts: tuple[Callable[[web.Application], AsyncIterator[None]], ...] = ()) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[ops.accounting_middleware, error_middleware, auth_middleware])
+                          middlewares=[ops.telemetry_middleware, error_middleware, auth_middleware])
     app[SETTINGS] = settings
     app[LIFECYCLE] = Lifecycle()
     app[METRICS] = ServiceMetrics(lambda: app.get(REPOSITORY))

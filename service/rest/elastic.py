@@ -21,6 +21,7 @@ from ..engine.repository import ModelRepository
 from .elastic_input import BODY_FIELDS, json_type, parse_input, parse_input_type, parse_timeout
 from .jsonio import json_response, read_json
 from .keys import ENDPOINTS, REPOSITORY, SETTINGS
+from .ops import answered
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 1.0
@@ -88,8 +89,7 @@ def _model_endpoint(repository: ModelRepository, name: str) -> dict[str, Any]:
             "service": SERVICE,
             "service_settings": {"model_id": model.name, "dimensions": manifest.dimensions,
                                  "similarity": manifest.similarity, "element_type": "float",
-                                 "modalities": [k for k, ok in (("text", manifest.accepts_text),
-                                                                ("image", manifest.accepts_images)) if ok],
+                                 "modalities": manifest.modalities,
                                  "aliases": list(manifest.aliases)}}
 
 
@@ -134,7 +134,7 @@ async def _infer(request: web.Request, inference_id: str, route_task: str | None
     except DeadlineExceeded:
         raise DeadlineExceeded(f"Request timed out after [{timeout_text}]") from None
     key = RESPONSE_KEYS[(family, result.element_type)]
-    return json_response({key: [{"embedding": vector} for vector in result.vectors]})
+    return answered(request, result, json_response({key: [{"embedding": vector} for vector in result.vectors]}))
 
 
 async def post_one(request: web.Request) -> web.Response:

@@ -35,6 +35,8 @@ from ..engine.errors import (
     NotReady,
     Overloaded,
     UnsupportedModality,
+    clip_echoes,
+    echo,
 )
 
 
@@ -91,18 +93,31 @@ def status_of(error: Exception) -> int:
     return getattr(error, "status", None) or row_for(error).status
 
 
+def _available(error: ModelNotFound, what: str) -> str:
+    known = error.known[:50]
+    more = f" and {len(error.known) - len(known)} more" if len(error.known) > len(known) else ""
+    return f"{what}: [{', '.join(known)}{more}]" if known else f"no {what} are loaded"
+
+
 def es_body(error: Exception) -> tuple[int, dict[str, Any]]:
     row = row_for(error)
     status = status_of(error)
-    cause = {"type": row.es_type, "reason": message_of(error)}
+    reason = message_of(error)
+    if isinstance(error, ModelNotFound):  # Elasticsearch's words, then what the caller could use
+        reason = clip_echoes(f"Inference endpoint not found [{error.name}]; {_available(error, 'models here')}")
+    cause = {"type": row.es_type, "reason": reason}
     return status, {"error": {"root_cause": [cause], **cause}, "status": status}
 
 
 def openai_body(error: Exception) -> tuple[int, dict[str, Any]]:
     row = row_for(error)
+    message = message_of(error)
+    if isinstance(error, ModelNotFound):  # OpenAI's own words, then what the caller could use
+        message = clip_echoes(f"The model `{echo(error.name)}` does not exist or you do not have access to it. "
+                              f"{_available(error, 'Available models')}.")
     return status_of(error), {
         "error": {
-            "message": message_of(error),
+            "message": message,
             "type": row.openai_type,
             "param": getattr(error, "param", None),
             "code": row.openai_code,

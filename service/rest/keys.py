@@ -7,6 +7,7 @@ from aiohttp import web
 
 from ..auth import Authenticator
 from ..config import Settings
+from ..logs import RequestInfo
 from ..endpoint_store import EndpointStore
 from ..engine.repository import ModelRepository
 from ..metrics import ServiceMetrics
@@ -28,6 +29,7 @@ METRICS = web.AppKey("metrics", ServiceMetrics)
 AUTH = web.AppKey("auth", Authenticator)
 # Who made the request (set by the auth middleware).
 PRINCIPAL = web.RequestKey("principal", str)
+INFO = web.RequestKey("info", RequestInfo)
 
 
 def endpoint_lookup(app: web.Application) -> EndpointLookup | None:

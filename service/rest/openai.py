@@ -17,6 +17,7 @@ from ..inputs import Input, check_inputs
 from .elastic_input import decode_data_uri, json_type
 from .jsonio import json_response, read_json
 from .keys import REPOSITORY, SETTINGS, endpoint_lookup
+from .ops import answered
 
 _ENCODINGS = ("float", "base64")
 _INPUT_TYPES = ("search", "ingest", "classification", "clustering", "unspecified")
@@ -130,7 +131,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
         data = [{"object": "embedding", "embedding": float32_le_base64(v), "index": i} for i, v in enumerate(vectors)]
     else:
         data = [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)]
-    return json_response({
+    return answered(request, result, json_response({
         "object": "list",
         "data": data,
         "model": model_name,
@@ -141,7 +142,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
             "completion_tokens_details": None,
             "prompt_tokens_details": None,
         },
-    })
+    }))
 
 
 def _model_card(name: str, created: int) -> dict[str, Any]:
@@ -188,7 +189,7 @@ def model_info(manifest: Manifest) -> dict[str, Any]:
         "dimensions": manifest.dimensions,
         "max_tokens": manifest.max_tokens,
         "modality": manifest.modality,
-        "modalities": [kind for kind, ok in (("text", manifest.accepts_text), ("image", manifest.accepts_images)) if ok],
+        "modalities": manifest.modalities,
         "aliases": list(manifest.aliases),
         "backend": manifest.backend,
         "pooling": manifest.pooling,

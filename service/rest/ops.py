@@ -7,8 +7,11 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .. import logs
+from ..embedding import EmbedResult, describe
+from ..logs import RequestInfo
 from .jsonio import json_response
-from .keys import LIFECYCLE, METRICS, REPOSITORY, SETTINGS
+from .keys import INFO, LIFECYCLE, METRICS, REPOSITORY, SETTINGS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Routes that never need credentials.
@@ -44,21 +47,38 @@ async def metrics_text(request: web.Request) -> web.Response:
 
 
 @web.middleware
-async def accounting_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every answer by route template and status (outermost, so errors count too)."""
-    started = time.perf_counter()
-    status = "500"
+async def telemetry_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: the request id (the caller's X-Request-ID or a new one) and W3C trace id on every
+    log line of the request and echoed in X-Request-ID; then the metrics and one access line for
+    every answer, errors included."""
+    info = request[INFO] = RequestInfo(started=time.perf_counter(), client=request.remote,
+                                       request_id=logs.request_id_from(request.headers.get("X-Request-ID")))
+    logs.bind(info.request_id, logs.trace_id_from(request.headers.get("traceparent")))
+    status = 500
     try:
         response = await handler(request)
-        status = str(response.status)
+        status = response.status
+        response.headers["X-Request-ID"] = info.request_id
         return response
     except web.HTTPException as exc:
-        status = str(exc.status)
+        status = exc.status
+        exc.headers["X-Request-ID"] = info.request_id
         raise
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        request.app[METRICS].observe("rest", route, status, time.perf_counter() - started)
+        request.app[METRICS].observe("rest", route, str(status), time.perf_counter() - info.started)
+        info.line(f"{request.method} {route} {status}", transport="rest", method=request.method, route=route,
+                  status=status)
+
+
+def answered(request: web.Request, result: EmbedResult, response: web.Response) -> web.Response:
+    """An embedding answer: the access line learns what was computed, the caller gets the timing
+    headers."""
+    info = request[INFO]
+    describe(info, result)
+    response.headers.update(info.headers)
+    return response
 
 
 def add_routes(app: web.Application) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cortembed/v1/embeddings.proto\x12\x0bortembed.v1\"0\n\x05Input\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\xf2\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06inputs\x18\x02 \x03(\x0b\x32\x12.ortembed.v1.Input\x12*\n\ninput_type\x18\x03 \x01(\x0e\x32\x16.ortembed.v1.InputType\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12.\n\x0c\x65lement_type\x18\x05 \x01(\x0e\x32\x18.ortembed.v1.ElementType\x12+\n\ntruncation\x18\x06 \x01(\x0e\x32\x17.ortembed.v1.Truncation\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"-\n\tEmbedding\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"4\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\r\"\xb1\x01\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12.\n\x0c\x65lement_type\x18\x02 \x01(\x0e\x32\x18.ortembed.v1.ElementType\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12*\n\nembeddings\x18\x04 \x03(\x0b\x32\x16.ortembed.v1.Embedding\x12!\n\x05usage\x18\x05 \x01(\x0b\x32\x12.ortembed.v1.Usage\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x88\x01\n\x13\x45mbedStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1a.ortembed.v1.EmbedResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.ortembed.v1.ErrorH\x00\x42\x08\n\x06result\"\x13\n\x11ListModelsRequest\"\x9a\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x01(\r\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x10\n\x08modality\x18\x04 \x01(\t\x12\x0e\n\x06recipe\x18\x05 \x01(\t\x12\x1c\n\x14\x66idelity_mean_cosine\x18\x06 \x01(\x01\x12\x1b\n\x13\x66idelity_min_cosine\x18\x07 \x01(\x01\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.ortembed.v1.Model\"\x16\n\x14ListEndpointsRequest\"\x9d\x01\n\x08\x45ndpoint\x12\x14\n\x0cinference_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12.\n\x0c\x65lement_type\x18\x04 \x01(\x0e\x32\x18.ortembed.v1.ElementType\x12\x12\n\ndimensions\x18\x05 \x01(\r\x12\x12\n\nsimilarity\x18\x06 \x01(\t\"A\n\x15ListEndpointsResponse\x12(\n\tendpoints\x18\x01 \x03(\x0b\x32\x15.ortembed.v1.Endpoint*p\n\x0b\x45lementType\x12\x1c\n\x18\x45LEMENT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45LEMENT_TYPE_FLOAT\x10\x01\x12\x15\n\x11\x45LEMENT_TYPE_INT8\x10\x02\x12\x14\n\x10\x45LEMENT_TYPE_BIT\x10\x03*\x8f\x01\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11INPUT_TYPE_SEARCH\x10\x01\x12\x15\n\x11INPUT_TYPE_INGEST\x10\x02\x12\x1d\n\x19INPUT_TYPE_CLASSIFICATION\x10\x03\x12\x19\n\x15INPUT_TYPE_CLUSTERING\x10\x04*W\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x17\n\x13TRUNCATION_TRUNCATE\x10\x01\x12\x14\n\x10TRUNCATION_ERROR\x10\x02\x32\xc3\x02\n\nEmbeddings\x12>\n\x05\x45mbed\x12\x19.ortembed.v1.EmbedRequest\x1a\x1a.ortembed.v1.EmbedResponse\x12N\n\x0b\x45mbedStream\x12\x19.ortembed.v1.EmbedRequest\x1a .ortembed.v1.EmbedStreamResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.ortembed.v1.ListModelsRequest\x1a\x1f.ortembed.v1.ListModelsResponse\x12V\n\rListEndpoints\x12!.ortembed.v1.ListEndpointsRequest\x1a\".ortembed.v1.ListEndpointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cortembed/v1/embeddings.proto\x12\x0bortembed.v1\"0\n\x05Input\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\xf2\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06inputs\x18\x02 \x03(\x0b\x32\x12.ortembed.v1.Input\x12*\n\ninput_type\x18\x03 \x01(\x0e\x32\x16.ortembed.v1.InputType\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12.\n\x0c\x65lement_type\x18\x05 \x01(\x0e\x32\x18.ortembed.v1.ElementType\x12+\n\ntruncation\x18\x06 \x01(\x0e\x32\x17.ortembed.v1.Truncation\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"-\n\tEmbedding\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"4\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\r\"\xb1\x01\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12.\n\x0c\x65lement_type\x18\x02 \x01(\x0e\x32\x18.ortembed.v1.ElementType\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12*\n\nembeddings\x18\x04 \x03(\x0b\x32\x16.ortembed.v1.Embedding\x12!\n\x05usage\x18\x05 \x01(\x0b\x32\x12.ortembed.v1.Usage\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x88\x01\n\x13\x45mbedStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1a.ortembed.v1.EmbedResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.ortembed.v1.ErrorH\x00\x42\x08\n\x06result\"\x13\n\x11ListModelsRequest\"\xd0\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x01(\r\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x10\n\x08modality\x18\x04 \x01(\t\x12\x0e\n\x06recipe\x18\x05 \x01(\t\x12\x1c\n\x14\x66idelity_mean_cosine\x18\x06 \x01(\x01\x12\x1b\n\x13\x66idelity_min_cosine\x18\x07 \x01(\x01\x12\x0f\n\x07\x61liases\x18\x08 \x03(\t\x12\x12\n\nmodalities\x18\t \x03(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.ortembed.v1.Model\"\x16\n\x14ListEndpointsRequest\"\x9d\x01\n\x08\x45ndpoint\x12\x14\n\x0cinference_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12.\n\x0c\x65lement_type\x18\x04 \x01(\x0e\x32\x18.ortembed.v1.ElementType\x12\x12\n\ndimensions\x18\x05 \x01(\r\x12\x12\n\nsimilarity\x18\x06 \x01(\t\"A\n\x15ListEndpointsResponse\x12(\n\tendpoints\x18\x01 \x03(\x0b\x32\x15.ortembed.v1.Endpoint*p\n\x0b\x45lementType\x12\x1c\n\x18\x45LEMENT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45LEMENT_TYPE_FLOAT\x10\x01\x12\x15\n\x11\x45LEMENT_TYPE_INT8\x10\x02\x12\x14\n\x10\x45LEMENT_TYPE_BIT\x10\x03*\x8f\x01\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11INPUT_TYPE_SEARCH\x10\x01\x12\x15\n\x11INPUT_TYPE_INGEST\x10\x02\x12\x1d\n\x19INPUT_TYPE_CLASSIFICATION\x10\x03\x12\x19\n\x15INPUT_TYPE_CLUSTERING\x10\x04*W\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x17\n\x13TRUNCATION_TRUNCATE\x10\x01\x12\x14\n\x10TRUNCATION_ERROR\x10\x02\x32\xc3\x02\n\nEmbeddings\x12>\n\x05\x45mbed\x12\x19.ortembed.v1.EmbedRequest\x1a\x1a.ortembed.v1.EmbedResponse\x12N\n\x0b\x45mbedStream\x12\x19.ortembed.v1.EmbedRequest\x1a .ortembed.v1.EmbedStreamResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.ortembed.v1.ListModelsRequest\x1a\x1f.ortembed.v1.ListModelsResponse\x12V\n\rListEndpoints\x12!.ortembed.v1.ListEndpointsRequest\x1a\".ortembed.v1.ListEndpointsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EMBEDDING'].fields_by_name['values']._loaded_options = None
   _globals['_EMBEDDING'].fields_by_name['values']._serialized_options = b'\020\001'
-  _globals['_ELEMENTTYPE']._serialized_start=1287
-  _globals['_ELEMENTTYPE']._serialized_end=1399
-  _globals['_INPUTTYPE']._serialized_start=1402
-  _globals['_INPUTTYPE']._serialized_end=1545
-  _globals['_TRUNCATION']._serialized_start=1547
-  _globals['_TRUNCATION']._serialized_end=1634
+  _globals['_ELEMENTTYPE']._serialized_start=1341
+  _globals['_ELEMENTTYPE']._serialized_end=1453
+  _globals['_INPUTTYPE']._serialized_start=1456
+  _globals['_INPUTTYPE']._serialized_end=1599
+  _globals['_TRUNCATION']._serialized_start=1601
+  _globals['_TRUNCATION']._serialized_end=1688
   _globals['_INPUT']._serialized_start=45
   _globals['_INPUT']._serialized_end=93
   _globals['_EMBEDREQUEST']._serialized_start=96
@@ -56,15 +56,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSREQUEST']._serialized_start=800
   _globals['_LISTMODELSREQUEST']._serialized_end=819
   _globals['_MODEL']._serialized_start=822
-  _globals['_MODEL']._serialized_end=976
-  _globals['_LISTMODELSRESPONSE']._serialized_start=978
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1034
-  _globals['_LISTENDPOINTSREQUEST']._serialized_start=1036
-  _globals['_LISTENDPOINTSREQUEST']._serialized_end=1058
-  _globals['_ENDPOINT']._serialized_start=1061
-  _globals['_ENDPOINT']._serialized_end=1218
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=1220
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=1285
-  _globals['_EMBEDDINGS']._serialized_start=1637
-  _globals['_EMBEDDINGS']._serialized_end=1960
+  _globals['_MODEL']._serialized_end=1030
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1032
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1088
+  _globals['_LISTENDPOINTSREQUEST']._serialized_start=1090
+  _globals['_LISTENDPOINTSREQUEST']._serialized_end=1112
+  _globals['_ENDPOINT']._serialized_start=1115
+  _globals['_ENDPOINT']._serialized_end=1272
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=1274
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=1339
+  _globals['_EMBEDDINGS']._serialized_start=1691
+  _globals['_EMBEDDINGS']._serialized_end=2014
 # @@protoc_insertion_point(module_scope)

@@ -119,7 +119,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "dimensions", "max_tokens", "modality", "recipe", "fidelity_mean_cosine", "fidelity_min_cosine")
+    __slots__ = ("name", "dimensions", "max_tokens", "modality", "recipe", "fidelity_mean_cosine", "fidelity_min_cosine", "aliases", "modalities", "backend")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,9 @@ class Model(_message.Message):
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     FIDELITY_MEAN_COSINE_FIELD_NUMBER: _ClassVar[int]
     FIDELITY_MIN_COSINE_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     name: str
     dimensions: int
     max_tokens: int
@@ -134,7 +137,10 @@ class Model(_message.Message):
     recipe: str
     fidelity_mean_cosine: float
     fidelity_min_cosine: float
-    def __init__(self, name: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_tokens: _Optional[int] = ..., modality: _Optional[str] = ..., recipe: _Optional[str] = ..., fidelity_mean_cosine: _Optional[float] = ..., fidelity_min_cosine: _Optional[float] = ...) -> None: ...
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    modalities: _containers.RepeatedScalarFieldContainer[str]
+    backend: str
+    def __init__(self, name: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_tokens: _Optional[int] = ..., modality: _Optional[str] = ..., recipe: _Optional[str] = ..., fidelity_mean_cosine: _Optional[float] = ..., fidelity_min_cosine: _Optional[float] = ..., aliases: _Optional[_Iterable[str]] = ..., modalities: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
