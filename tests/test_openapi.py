@@ -36,7 +36,7 @@ def token(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.fixture(scope="module")
 def api(model_repo: Path, token: tuple[Path, str]) -> Iterator[ServerProcess]:
     """Its own server and data dir: schemathesis creates and deletes endpoints there."""
-    with ServerProcess(model_repo, token[0], "--max-inputs", str(MAX_INPUTS)) as proc:
+    with ServerProcess(model_repo, token[0], "--max-inputs", str(MAX_INPUTS), "--drain-seconds", "0") as proc:
         yield proc
 
 
@@ -98,6 +98,46 @@ def test_docs_page_loads_only_its_own_assets_without_credentials(api: ServerProc
     assert '"openapi.json"' in script and "validatorUrl: null" in script
     # The API itself is closed without credentials.
     assert httpx.get(api.url + "/v1/models", timeout=30).status_code == 401
+
+
+def _first_example(parameter: dict[str, Any]) -> str:
+    schema = parameter["schema"]
+    return (schema.get("examples") or schema["enum"])[0]
+
+
+def test_every_documented_example_is_answered_200(api: ServerProcess, token: tuple[Path, str],
+                                                   document: dict[str, Any]) -> None:
+    """The request bodies /docs offers to "Try it out", on the paths its parameter examples make."""
+    headers = {"Authorization": f"Bearer {token[1]}"}
+    sent = set()
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            examples = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("examples", {})
+            values = {p["name"]: _first_example(p) for p in operation.get("parameters", []) if p["in"] == "path"}
+            url = api.url + path.format(**values)
+            for name, example in examples.items():
+                response = httpx.request(method, url, json=example["value"], headers=headers, timeout=30)
+                assert response.status_code == 200, (method, path, name, response.text)
+                sent.add((method, path))
+                if method == "put":
+                    assert httpx.delete(url, headers=headers, timeout=30).status_code == 200
+    assert len(sent) == 6  # ES inference, PUT (two paths each); OpenAI embeddings (two paths)
+
+
+@pytest.mark.parametrize("method, path, allow", [
+    ("PATCH", "/_inference", "GET"), ("DELETE", "/v1/embeddings", "POST"), ("POST", "/health", "GET"),
+])
+def test_a_method_the_path_lacks_is_405_with_allow(api: ServerProcess, token: tuple[Path, str], method: str,
+                                                    path: str, allow: str) -> None:
+    """RFC 9110: a 405 lists the path's methods; the body is in the path's dialect."""
+    response = httpx.request(method, api.url + path, headers={"Authorization": f"Bearer {token[1]}"}, timeout=30)
+    assert response.status_code == 405
+    assert allow in response.headers["allow"].split(",")
+    error = response.json()["error"]
+    if path.startswith("/v1/"):
+        assert set(error) == {"message", "type", "param", "code"} and error["code"] == "not_found"
+    else:
+        assert response.json()["status"] == 405 and error["root_cause"][0]["type"] == "resource_not_found_exception"
 
 
 # -- schemathesis ------------------------------------------------------------------------------
