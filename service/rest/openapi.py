@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -91,8 +92,9 @@ def error_responses(dialect: str, errors: Iterable[type[Exception]], body: bool 
     answers = {}
     for status, classes in sorted(by_status.items()):
         rows = [row_for_class(cls) for cls in classes]
-        kinds = sorted({r.es_type for r in rows} if dialect == "es" else {f"{r.openai_type}/{r.openai_code}" for r in rows})
-        causes = " ".join(dict.fromkeys((cls.__doc__ or cls.__name__).strip().split("\n")[0] for cls in classes))
+        kinds = sorted({r.es_type for r in rows} if dialect == "es" else
+                       {r.openai_type + (f"/{r.openai_code}" if r.openai_code else "") for r in rows})
+        causes = " ".join(dict.fromkeys(" ".join((inspect.getdoc(cls) or cls.__name__).split()) for cls in classes))
         headers: dict[str, Schema] = {}
         if status == 401:
             headers["WWW-Authenticate"] = _header(_CHALLENGES[dialect], text(), True)
