@@ -54,33 +54,39 @@ def _header(description: str, schema: Schema, required: bool) -> Schema:
     return {"description": description, "required": required, "schema": schema}
 
 
-def _common_headers() -> dict[str, Schema]:
+def header_components() -> dict[str, Schema]:
+    """Every response header, once; answers refer to them by name."""
+    timing = {name: _header(f"{description} An integer, as text-embeddings-inference sends it.", integer(0),
+                            TELEMETRY_HEADERS_REQUIRED) for name, description in TIMING_HEADERS.items()}
     return {
         "X-Elastic-Product": _header("On every answer (the Elasticsearch clients refuse answers without it).",
                                      {"const": "Elasticsearch"}, True),
         "X-Request-ID": _header("The caller's X-Request-ID when it is a sane token, else a generated one; it "
                                 "is in every log line of the request.", text(), TELEMETRY_HEADERS_REQUIRED),
+        **timing,
+        "Retry-After": _header("Seconds to wait before retrying.", integer(0), True),
+        "Allow": _header("The path's methods.", text(), True),
+        "WWW-Authenticate-es": _header("Three `WWW-Authenticate` headers: `Basic realm=\"security\", "
+                                       "charset=\"UTF-8\"`, `Bearer realm=\"security\"` and `ApiKey`.", text(), True),
+        "WWW-Authenticate-openai": _header("`WWW-Authenticate: Bearer realm=\"ortembed\"`.", text(), True),
     }
 
 
-def _timing_headers() -> dict[str, Schema]:
-    return {name: _header(f"{description} An integer, as text-embeddings-inference sends it.", integer(0),
-                          TELEMETRY_HEADERS_REQUIRED) for name, description in TIMING_HEADERS.items()}
+def _headers(*names: str) -> dict[str, Schema]:
+    """{header: a reference to its component}; `WWW-Authenticate-<dialect>` is sent as WWW-Authenticate."""
+    return {"WWW-Authenticate" if name.startswith("WWW-Authenticate") else name: {"$ref": f"#/components/headers/{name}"}
+            for name in names}
+
+
+_COMMON_HEADERS = ("X-Elastic-Product", "X-Request-ID")
 
 
 def _response(description: str, schema: Schema | None, media_types: Iterable[str] = (JSON_TYPE,),
               headers: dict[str, Schema] | None = None) -> Schema:
-    answer: Schema = {"description": description, "headers": {**_common_headers(), **(headers or {})}}
+    answer: Schema = {"description": description, "headers": {**_headers(*_COMMON_HEADERS), **(headers or {})}}
     if schema is not None:
         answer["content"] = {media: {"schema": schema} for media in media_types}
     return answer
-
-
-_CHALLENGES = {
-    "es": "Three `WWW-Authenticate` headers: `Basic realm=\"security\", charset=\"UTF-8\"`, "
-          "`Bearer realm=\"security\"` and `ApiKey`.",
-    "openai": "`WWW-Authenticate: Bearer realm=\"ortembed\"`.",
-}
 
 
 def error_responses(dialect: str, errors: Iterable[type[Exception]], body: bool = True) -> dict[str, Schema]:
@@ -95,11 +101,8 @@ def error_responses(dialect: str, errors: Iterable[type[Exception]], body: bool 
         kinds = sorted({r.es_type for r in rows} if dialect == "es" else
                        {r.openai_type + (f"/{r.openai_code}" if r.openai_code else "") for r in rows})
         causes = " ".join(dict.fromkeys(" ".join((inspect.getdoc(cls) or cls.__name__).split()) for cls in classes))
-        headers: dict[str, Schema] = {}
-        if status == 401:
-            headers["WWW-Authenticate"] = _header(_CHALLENGES[dialect], text(), True)
-        elif status == 429:
-            headers["Retry-After"] = _header("Seconds to wait before retrying.", integer(0), True)
+        headers = _headers({401: f"WWW-Authenticate-{dialect}", 429: "Retry-After"}[status]) \
+            if status in (401, 429) else {}
         schema = (ref("EsError") if dialect == "es" else ref("OpenAiError")) if body else None
         answers[str(status)] = _response(f"{causes} (`{'`, `'.join(kinds)}`)", schema, headers=headers)
     return answers
@@ -137,7 +140,7 @@ class Op:
             operation["requestBody"] = {"required": True, "content": {
                 m: {"schema": self.body, **({"examples": examples} if examples else {})} for m in media}}
         ok = _response("Success.", None if head else self.ok, self.media_types,
-                       _timing_headers() if self.embedding else None)
+                       _headers(*TIMING_HEADERS) if self.embedding else None)
         operation["responses"] = {"200": ok, **error_responses(dialect, self.errors, body=not head), **self.answers}
         if self.public:
             operation["security"] = []
@@ -305,12 +308,13 @@ def build_document(settings: Settings, names: list[str]) -> dict[str, Any]:
         "components": {
             "schemas": component_schemas(settings, names),
             "securitySchemes": _SECURITY,
+            "headers": header_components(),
             "responses": {
                 "MalformedHttp": {"description": "The HTTP layer could not parse the request.", "content": neutral},
                 "ConnectionLimit": {"description": "Too many open connections.", "content": neutral,
-                                    "headers": {"Retry-After": _header("Seconds.", integer(0), True)}},
+                                    "headers": _headers("Retry-After")},
                 "MethodNotAllowed": {"description": "The path has no such method (dialect's envelope).",
-                                     "headers": {"Allow": _header("The path's methods.", text(), True)}},
+                                     "headers": _headers("Allow")},
             },
         },
     }
