@@ -9,7 +9,7 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -17,7 +17,11 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
+from service.endpoint_store import check_id
+from service.engine.errors import InvalidInput
+from service.rest.elastic_input import decode_data_uri, parse_timeout
 from service.rest.errors import neutral_error_body
+from service.rest.openapi import TIMEOUT_PATTERN
 from tests.server import ServerProcess
 from tests.test_auth import run_auth
 
@@ -69,6 +73,38 @@ def test_the_neutral_envelope_reads_as_both_dialects(document: dict[str, Any]) -
     for name in ("EsError", "OpenAiError", "NeutralError"):
         for status in (400, 503):
             jsonschema.validate(neutral_error_body(status, "why"), {**components, "$ref": f"#/components/schemas/{name}"})
+
+
+def _accepted(check: Callable[[str], object], value: str) -> bool:
+    try:
+        check(value)
+    except InvalidInput:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("value", ["30s", "500MS", "2m", "-1", "0", "-0s", "000h", " 7d ", "1nanos", "3Micros",
+                                   "1.5s", "5", "s", "-5s", "-1s", "00", "-0", "", "9" * 19 + "s", "9" * 18 + "s", "1 s"])
+def test_the_timeout_pattern_is_the_parsers_rule(value: str) -> None:
+    assert (re.fullmatch(TIMEOUT_PATTERN, value) is not None) == _accepted(lambda v: parse_timeout(v, 30.0), value)
+
+
+@pytest.mark.parametrize("value", ["data:image/png;base64,iVBORw0KGgo=", "data:IMAGE/x-icon;base64,AAAA",
+                                   "data:image/png;base64,", "data:image/png;base64,abc", "data:text/plain;base64,AAAA",
+                                   "data:image/png;base64,AA==", "data:image/png;base64,A===", "data:image/png,AAAA",
+                                   "https://example.com/a.png", "data:image/png;base64,AA AA"])
+def test_the_data_uri_pattern_is_the_parsers_rule(value: str, document: dict[str, Any]) -> None:
+    pattern = document["components"]["schemas"]["EsImagePart"]["properties"]["value"]["pattern"]
+    assert (re.fullmatch(pattern, value) is not None) == _accepted(lambda v: decode_data_uri(v, ""), value)
+
+
+@pytest.mark.parametrize("value", ["my-endpoint", "a", "a.b_c-9", "a..b", "-a", "a-", "Upper", "a" * 200, "a" * 201,
+                                   "é", "a/b"])
+def test_the_new_endpoint_id_rule_is_the_stores(value: str, document: dict[str, Any]) -> None:
+    (parameter,) = document["paths"]["/_inference/{inference_id}"]["put"]["parameters"]
+    schema = parameter["schema"]
+    matches = re.fullmatch(schema["pattern"], value) is not None and not re.search(schema["not"]["pattern"], value)
+    assert matches == _accepted(check_id, value)
 
 
 class _Links(HTMLParser):
