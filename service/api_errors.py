@@ -74,6 +74,7 @@ class LoginThrottled(Unauthenticated):
 class NoRoute(EngineError):
     """No handler for this path (or not for this method)."""
 
-    def __init__(self, message: str, *, status: int = 404) -> None:
+    def __init__(self, message: str, *, status: int = 404, allow: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.allow = allow  # a 405's methods of the path (RFC 9110: its Allow header)

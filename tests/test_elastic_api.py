@@ -170,6 +170,9 @@ def test_get_forms_always_answer_a_list(es: Elasticsearch, server: ServerProcess
      "[chunking_settings] must be an object, not a string"),
     ({"task_type": 1, "service": "ortembed", "service_settings": {"model_id": TINY}},
      "[task_type] must be a string, not a number"),
+    ({"service": "ortembed", "service_settings": {"model_id": TINY}, "task_settings": []}, "[task_settings] must be an object"),
+    ({"service": "ortembed", "service_settings": {"model_id": TINY}, "task_settings": False},
+     "[task_settings] must be an object"),
 ])
 def test_put_with_a_wrong_json_type_is_a_parse_error(server: ServerProcess, body: dict, reason: str) -> None:
     inference_id = unique("typed")
@@ -220,6 +223,8 @@ def test_put_errors(es: Elasticsearch, server: ServerProcess) -> None:
     assert_es_error(put("UPPER", config), 400, "illegal_argument_exception")
     assert_es_error(put("ends-with-dash-", config), 400, "illegal_argument_exception")
     assert_es_error(put(unique("x"), {"service": "ortembed"}), 400, "action_request_validation_exception")
+    empty_type = httpx.put(server.url + f"/_inference/{unique('x')}", json={**config, "task_type": ""}, timeout=30)
+    assert_es_error(empty_type, 400, "status_exception", "Unknown task_type []")
     response = httpx.put(server.url + f"/_inference/rerank/{unique('x')}", json=config, timeout=30)
     assert_es_error(response, 400, "status_exception")
     with pytest.raises(BadRequestError):
@@ -252,6 +257,8 @@ def test_put_errors(es: Elasticsearch, server: ServerProcess) -> None:
      "Unrecognized input_type [internal_search]"),
     (f"/_inference/{TINY}", {"input": "x", "task_settings": {"input_type": "bogus"}}, 400, "status_exception",
      "Unrecognized input_type [bogus]"),
+    (f"/_inference/{TINY}", {"input": "x", "input_type": "search", "task_settings": {"input_type": "bogus"}}, 400,
+     "status_exception", "Unrecognized input_type [bogus]"),  # checked even when the root one wins
     (f"/_inference/{TINY}", {"input": "x", "task_settings": {"temperature": 1}}, 400, "illegal_argument_exception", None),
     (f"/_inference/text_embedding/{TINY}", {"input": [{"content": {"type": "text", "value": "x"}}]}, 400,
      "x_content_parse_exception", None),

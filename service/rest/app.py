@@ -14,7 +14,7 @@ from ..engine.errors import EngineError
 from ..engine.repository import ModelRepository, RepositoryError
 from ..startup import StartupError
 from ..metrics import ServiceMetrics
-from . import elastic, openai, ops
+from . import elastic, openai, openapi, ops
 from .auth import ES_CHALLENGES, OPENAI_CHALLENGES, auth_context, auth_middleware
 from .errors import es_body, openai_body
 from .jsonio import json_response
@@ -37,6 +37,8 @@ def error_response(request: web.Request, error: Exception) -> web.Response:
     headers = CIMultiDict[str]()
     if status == 429:
         headers["Retry-After"] = "1"
+    elif status == 405:
+        headers["Allow"] = getattr(error, "allow", "")
     elif status == 401:
         for challenge in OPENAI_CHALLENGES if openai_dialect else ES_CHALLENGES:
             headers.add("WWW-Authenticate", challenge)
@@ -48,7 +50,8 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Engine
     if exc.status == 413:
         return PayloadTooLarge(exc.text or "request body is too large")
     if exc.status in (404, 405):
-        return NoRoute(f"no handler found for uri [{request.path}] and method [{request.method}]", status=exc.status)
+        return NoRoute(f"no handler found for uri [{request.path}] and method [{request.method}]", status=exc.status,
+                       allow=exc.headers.get("Allow", ""))
     return MalformedBody(exc.reason or "bad request")
 
 
@@ -123,4 +126,5 @@ def create_app(settings: Settings, extra_contexts: tuple[Callable[[web.Applicati
     ops.add_routes(app)
     openai.add_routes(app)
     elastic.add_routes(app)
+    openapi.add_routes(app)
     return app

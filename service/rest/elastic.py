@@ -207,11 +207,9 @@ def _endpoint_config(inference_id: str, task_type: str, body: dict[str, Any],
                              **{k: settings[k] for k in ("num_threads", "num_allocations", "fusion")
                                 if settings.get(k) is not None}},
     }
-    task_settings = body.get("task_settings")
-    if task_settings:
-        config["task_settings"] = {"input_type": parse_input_type({"task_settings": task_settings})}
-        if config["task_settings"]["input_type"] is None:
-            del config["task_settings"]
+    input_type = parse_input_type({"task_settings": body.get("task_settings")})
+    if input_type is not None:
+        config["task_settings"] = {"input_type": input_type}
     chunking = body.get("chunking_settings")
     if chunking is not None:
         config["chunking_settings"] = check_chunking(chunking)
@@ -226,7 +224,7 @@ async def _put(request: web.Request, inference_id: str, task_type: str | None) -
         raise MalformedBody("the request body must be a JSON object")
     in_body = _field(body, "task_type", str, None)
     if task_type is None:
-        task_type = in_body or "text_embedding"
+        task_type = "text_embedding" if in_body is None else in_body
     elif in_body is not None and in_body != task_type:
         raise IllegalArgument(f"[task_type] [{in_body}] in the body does not match the path's [{task_type}]")
     _check_task_type(task_type)

@@ -133,9 +133,9 @@ def parse_input_type(body: dict[str, Any]) -> str | None:
         unknown = set(settings) - TASK_SETTINGS
         if unknown:
             raise IllegalArgument(f"[task_settings] has unknown settings {sorted(unknown)}")
-    chosen = _input_type(body.get("input_type"), "input_type") or _input_type((settings or {}).get("input_type"),
-                                                                               "task_settings.input_type")
-    return chosen
+    root = _input_type(body.get("input_type"), "input_type")
+    inner = _input_type((settings or {}).get("input_type"), "task_settings.input_type")  # checked either way
+    return root or inner
 
 
 def parse_timeout(value: str | None, default: float) -> tuple[float | None, str]:

@@ -76,12 +76,16 @@ ERROR_TABLE: dict[type[Exception], ErrorRow] = {
 }
 
 
-def row_for(error: Exception) -> ErrorRow:
-    for cls in type(error).__mro__:
+def row_for_class(error_class: type[Exception]) -> ErrorRow:
+    for cls in error_class.__mro__:
         row = ERROR_TABLE.get(cls)
         if row is not None:
             return row
     return ERROR_TABLE[EngineError]
+
+
+def row_for(error: Exception) -> ErrorRow:
+    return row_for_class(type(error))
 
 
 def message_of(error: Exception) -> str:

@@ -10,12 +10,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .. import logs
 from ..embedding import EmbedResult, describe
 from ..logs import RequestInfo
+from .docs_page import DOC_PATHS
 from .jsonio import json_response
 from .keys import INFO, LIFECYCLE, METRICS, REPOSITORY, SETTINGS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# Routes that never need credentials.
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# Routes that never need credentials: health, metrics, and the API's documentation.
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"}) | DOC_PATHS
 
 
 async def health(request: web.Request) -> web.Response:
