@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -qq "torch==2.13.0" -e ".[export,test,bench]"
+	$(PY) -m pip install -qq "torch==2.13.0" -e ".[export,test,bench,openvino,openvino-export]"
 	touch $(STAMP)
 
 venv: $(STAMP)

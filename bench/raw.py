@@ -93,6 +93,20 @@ def pool_normalize(hidden: np.ndarray, lengths: np.ndarray, mode: str, normalize
     return (vectors / norms).astype(np.float32, copy=False)
 
 
+def padded_feeds(seqs: Sequence[Seq], names: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One call's feeds (right-padded to the longest sequence, the named inputs only) and lengths."""
+    lengths = np.fromiter((s.length for s in seqs), dtype=np.int64, count=len(seqs))
+    width = int(lengths.max())
+    ids = np.zeros((len(seqs), width), dtype=np.int64)
+    type_ids = np.zeros((len(seqs), width), dtype=np.int64)
+    for row, seq in enumerate(seqs):
+        ids[row, : seq.length] = seq.ids
+        type_ids[row, : seq.length] = seq.type_ids
+    mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
+    return {n: available[n] for n in names}, lengths
+
+
 class RawEngine:
     """One tokenizer, sessions per intra-op thread count (created lazily, reused)."""
 
@@ -128,17 +142,8 @@ class RawEngine:
                 for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=True)]
 
     def feeds_for(self, seqs: Sequence[Seq]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        lengths = np.fromiter((s.length for s in seqs), dtype=np.int64, count=len(seqs))
-        width = int(lengths.max())
-        ids = np.zeros((len(seqs), width), dtype=np.int64)
-        type_ids = np.zeros((len(seqs), width), dtype=np.int64)
-        for row, seq in enumerate(seqs):
-            ids[row, : seq.length] = seq.ids
-            type_ids[row, : seq.length] = seq.type_ids
-        mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
-        available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
         self.session(self.cpus)  # makes sure the feed names are known
-        return {n: available[n] for n in self._feeds}, lengths
+        return padded_feeds(seqs, self._feeds)
 
     # -- one call --------------------------------------------------------------------------------
     def run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("models"), help="model repository (default: models)")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
                         help="fp32; dynamic-int8; smooth-int8 (outliers migrated into the weights first); "
-                             "mixed-int8 (the most error-prone MatMuls kept fp32); weight-int8 (MatMulNBits)")
+                             "mixed-int8 (the most error-prone MatMuls kept fp32); weight-int8 (MatMulNBits); "
+                             "OpenVINO: ov-int8 (NNCF static int8), bf16 (only on CPUs with avx512_bf16 or AMX)")
     parser.add_argument("--alpha", default="0.8",
                         help="smooth-int8: migration strength in (0, 1), or 'auto' to pick it per MatMul")
     parser.add_argument("--max-tokens", type=int, help="override the model's truncation length")

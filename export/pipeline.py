@@ -6,7 +6,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,15 +70,20 @@ def sensitivity(fp32_folder: Path, manifest: Manifest, texts: list[str], referen
     return sorted(scores, key=lambda item: -item[1])
 
 
-def _calibrate(fp32_folder: Path, manifest: Manifest, texts: list[str]) -> smooth.Calibration:
-    """fp32 activations on every other validation text, one sequence per run as served."""
+def _calibration_feeds(fp32_folder: Path, manifest: Manifest, texts: list[str]) -> list[dict[str, np.ndarray]]:
+    """Model inputs of every other validation text, one sequence per run as served."""
     tokenizer = TextTokenizer(fp32_folder / manifest.tokenizer_file, manifest.max_tokens)
     feeds = []
     for seq in tokenizer.encode(texts[::2]):
         available = {"input_ids": seq.ids[None, :], "attention_mask": np.ones_like(seq.ids)[None, :],
                      "token_type_ids": seq.type_ids[None, :]}
         feeds.append({name: available[name] for name in manifest.inputs})
-    return smooth.calibrate(fp32_folder / manifest.model_file, feeds)
+    return feeds
+
+
+def _calibrate(fp32_folder: Path, manifest: Manifest, texts: list[str]) -> smooth.Calibration:
+    """fp32 activations on every other validation text."""
+    return smooth.calibrate(fp32_folder / manifest.model_file, _calibration_feeds(fp32_folder, manifest, texts))
 
 
 def export_model(source_spec: str | Path, name: str, out_dir: Path, *, recipe: str = DEFAULT_RECIPE,
@@ -87,8 +92,12 @@ def export_model(source_spec: str | Path, name: str, out_dir: Path, *, recipe: s
                  validation_texts: list[str] | None = None) -> Path:
     if recipe not in recipes.RECIPES:
         raise ExportError(f"unknown recipe {recipe!r}; expected one of {sorted(recipes.RECIPES)}")
+    refused = recipes.unavailable(recipe)
+    if refused:
+        raise ExportError(refused)
+    served = recipes.TARGETS[recipe]
     target = out_dir / name
-    if target.exists() and (target / "model.onnx").exists() and not force:
+    if target.exists() and (target / "manifest.json").exists() and not force:
         raise ExportError(f"{target} already holds a model (use --force to replace it)")
     source = sources.resolve(source_spec)
     if max_tokens:
@@ -121,7 +130,9 @@ def export_model(source_spec: str | Path, name: str, out_dir: Path, *, recipe: s
         reference = validate.reference_embeddings(source, texts)
         timings["reference"] = time.perf_counter() - started
 
-        context = recipes.RecipeContext(alpha=alpha)
+        context = recipes.RecipeContext(alpha=alpha, plain_graph=onnx_path)
+        if recipe in recipes.NEEDS_FEEDS:
+            context = replace(context, feeds=tuple(_calibration_feeds(fp32_folder, base, texts)))
         if recipe in recipes.NEEDS_CALIBRATION:
             started = time.perf_counter()
             context = recipes.RecipeContext(alpha=alpha, calibration=_calibrate(fp32_folder, base, texts))
@@ -135,13 +146,15 @@ def export_model(source_spec: str | Path, name: str, out_dir: Path, *, recipe: s
         started = time.perf_counter()
         final = work / "final"
         final.mkdir()
-        details = recipes.RECIPES[recipe](fp32_folder / "model.onnx", final / "model.onnx", context)
+        details = recipes.RECIPES[recipe](fp32_folder / "model.onnx", final / served.model_file, context)
         details["fused_operators"] = fused
         shutil.copyfile(fp32_folder / "tokenizer.json", final / "tokenizer.json")
         timings["quantize"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        manifest = Manifest(**{**base.__dict__, "recipe": recipe, "quantization": details})
+        manifest = Manifest(**{**base.__dict__, "recipe": recipe, "quantization": details,
+                               "backend": served.backend, "model_file": served.model_file,
+                               "precision": served.precision})
         manifest.write(final)
         report = validate.measure(final, reference, texts)
         timings["validate"] = time.perf_counter() - started
@@ -163,6 +176,6 @@ def export_model(source_spec: str | Path, name: str, out_dir: Path, *, recipe: s
             retired = work / "retired"
             target.rename(retired)
         final.rename(target)
-    size = (target / "model.onnx").stat().st_size
+    size = sum(f.stat().st_size for f in target.glob(Path(served.model_file).stem + ".*"))
     log.info("wrote %s (%.1f MB, recipe %s)", target, size / 1e6, recipe)
     return target

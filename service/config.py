@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .engine.backends import BACKENDS
 from .engine.repository import EngineSettings
 from .engine.scheduler import POLICIES, BatchPolicy
 
@@ -57,6 +58,7 @@ class Settings:
     max_image_pixels: int = 40_000_000
     default_timeout: float = 30.0  # seconds, for requests that give none
     log_level: str = "INFO"
+    backend: str = "auto"  # auto: each model folder's manifest chooses
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(
@@ -71,6 +73,7 @@ class Settings:
                 max_queue=self.max_queue,
             ),
             only=tuple(n.strip() for n in self.only_models.split(",") if n.strip()),
+            backend=self.backend,
         )
 
     auth_file_name = "credentials.json"  # a class constant, not a setting
@@ -109,6 +112,8 @@ _HELP: dict[str, str] = {
     "max_image_pixels": "most pixels in one image",
     "default_timeout": "seconds a request may wait when it sets no timeout",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "backend": f"inference library: auto (each model's manifest), {', '.join(BACKENDS)} (where the model "
+               "folder allows: an OpenVINO IR folder runs only on openvino)",
 }
 
 
@@ -182,6 +187,8 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} must be positive or auto")
     if settings.default_timeout <= 0:
         problems.append("--default-timeout must be positive")
+    if settings.backend not in ("auto", *BACKENDS):
+        problems.append(f"--backend must be auto, {', '.join(BACKENDS)}")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append("--log-level must be DEBUG, INFO, WARNING or ERROR")
     return problems

@@ -37,3 +37,27 @@ def available_cpus(cgroup_root: Path = _CGROUP_ROOT) -> int:
     if quota is not None:
         count = min(count, max(1, math.ceil(quota)))
     return max(1, count)
+
+
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: Path = _CPUINFO) -> frozenset[str]:
+    """The instruction-set flags of this CPU as the kernel lists them (empty where unknown)."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+# Native bfloat16 math: AVX-512 BF16 (Zen 4, Cooper Lake and later) or AMX (Sapphire Rapids).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def supports_bf16() -> bool:
+    """True when this CPU computes in bfloat16 natively (else bf16 would only be emulated)."""
+    return any(flag in cpu_flags() for flag in BF16_FLAGS)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from .backends import Backend, BackendSettings, open_backend
+from .backends import Backend, BackendSettings, open_backend, with_precision
 from .errors import InvalidDimensions, InvalidInput
 from .manifest import Manifest
 from .pooling import l2_normalize, pool, truncate_dimensions
@@ -54,14 +54,15 @@ class EmbeddingModel:
         self.name = manifest.name
         self.settings = settings
         self.tokenizer = TextTokenizer(folder / manifest.tokenizer_file, manifest.max_tokens)
-        self.session = open_backend(settings.backend, folder / manifest.model_file, manifest.output, settings.session)
+        self.session = open_backend(settings.backend, folder / manifest.model_file, manifest.output,
+                                    with_precision(settings.session, manifest.precision))
         graph_inputs = self.session.input_names
         missing = set(manifest.inputs) - graph_inputs
         if missing:
             raise ValueError(f"model [{self.name}]: graph lacks inputs {sorted(missing)}")
         self._feeds = tuple(name for name in ("input_ids", "attention_mask", "token_type_ids") if name in graph_inputs)
         self.lone_session = (open_backend(settings.backend, folder / manifest.model_file, manifest.output,
-                                          settings.lone_session)
+                                          with_precision(settings.lone_session, manifest.precision))
                              if settings.lone_session is not None else None)
         self.scheduler = Scheduler(self.name, self._run_batch, manifest.dimensions, settings.policy, settings.workers,
                                    run_lone=self._run_lone if self.lone_session is not None else None)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .cpus import available_cpus
@@ -10,7 +10,7 @@ from .errors import ModelNotFound
 from .manifest import MANIFEST_FILE, Manifest, ManifestError
 from .model import EmbeddingModel, ModelSettings
 from .scheduler import BatchPolicy
-from .backends import BackendSettings as SessionSettings
+from .backends import BackendSettings as SessionSettings, BackendUnavailable, choose_backend
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,8 @@ class EngineSettings:
     # Intra-op threads of the session that runs calls made while nothing else runs. None: every
     # usable CPU when a worker has fewer; 0 or 1: off (every call on the workers' session).
     lone_threads: int | None = None
+    # "auto": each model folder's manifest decides; "onnxruntime" / "openvino": where it can.
+    backend: str = "auto"
 
     def thread_layout(self) -> tuple[int, int]:
         """(workers, intra-op threads per worker) so that their product is the usable CPUs."""
@@ -65,7 +67,8 @@ class ModelRepository:
         lone = self.settings.lone_layout(intra)
         model_settings = ModelSettings(
             workers=workers,
-            session=SessionSettings(intra_op_threads=intra, allow_spinning=workers == 1 and intra > 1),
+            session=SessionSettings(intra_op_threads=intra, allow_spinning=workers == 1 and intra > 1,
+                                    concurrency=workers),
             policy=self.settings.policy,
             # Spinning is what makes a second thread pay on a ~1 ms call (without it, 2 threads
             # ran a short query slower than 1); it stops when the call returns, or the parked
@@ -80,7 +83,7 @@ class ModelRepository:
                 manifest = Manifest.read(folder)
                 if not (folder / manifest.model_file).is_file():
                     raise ManifestError(f"{manifest.model_file} is missing (run `make models`)")
-                model = EmbeddingModel(folder, manifest, model_settings)
+                model = self._open(folder, manifest, model_settings)
             except (ManifestError, ValueError, OSError, RuntimeError) as exc:
                 # One broken folder must not keep the other models from serving.
                 self.skipped[folder.name] = str(exc)
@@ -92,11 +95,24 @@ class ModelRepository:
                 continue
             self._models[manifest.name] = model
             log.info(
-                "model [%s] loaded from %s: %d dims, %d max tokens, recipe %s, %d workers x %d threads "
+                "model [%s] loaded from %s: %d dims, %d max tokens, recipe %s on %s, %d workers x %d threads "
                 "(lone calls: %s), policy %s",
-                manifest.name, folder, manifest.dimensions, manifest.max_tokens, manifest.recipe,
+                manifest.name, folder, manifest.dimensions, manifest.max_tokens, manifest.recipe, model.session.kind,
                 workers, intra, f"{lone} threads" if lone else "off", self.settings.policy.mode,
             )
+
+    def _open(self, folder: Path, manifest: Manifest, settings: ModelSettings) -> EmbeddingModel:
+        """The model on its manifest's backend, or on the --backend override where it can run."""
+        backend, refused = choose_backend(manifest.backend, manifest.model_file, self.settings.backend)
+        if refused:
+            log.warning("model folder %s stays on %s: %s", folder, backend, refused)
+        try:
+            return EmbeddingModel(folder, manifest, replace(settings, backend=backend))
+        except BackendUnavailable as exc:
+            if backend == manifest.backend:
+                raise
+            log.warning("model folder %s stays on %s: %s", folder, manifest.backend, exc)
+            return EmbeddingModel(folder, manifest, replace(settings, backend=manifest.backend))
 
     def start(self) -> None:
         """Start the workers and warm every model; after this `ready` is true."""
