@@ -24,7 +24,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 
 from .corpus import DEFAULT_CORPUS, REPO_ROOT, Corpus, load_corpus
 from .machine import cpu_info, versions
-from .raw import ModelFiles, RawEngine, Seq, padded_feeds, pool_normalize
+from .raw import ModelFiles, RawEngine, Seq, call_groups, padded_feeds, pool_normalize, run_in_threads
 from .stats import summarize
 
 _FEEDS = ("input_ids", "attention_mask", "token_type_ids")
@@ -81,41 +80,16 @@ def _open(config: Config, workers: int, threads: int):
 
 
 def _calls(seqs: Sequence[Seq], batch: int, names: Sequence[str]) -> list[tuple[dict, np.ndarray]]:
-    if batch == 1:
-        return [padded_feeds([s], names) for s in seqs]
-    order = sorted(range(len(seqs)), key=lambda i: seqs[i].length)
-    return [padded_feeds([seqs[i] for i in order[start:start + batch]], names)
-            for start in range(0, len(order), batch)]
+    return [padded_feeds(group, names) for group in call_groups(seqs, batch)]
 
 
 def _run_all(backend, files: ModelFiles, calls: Sequence[tuple[dict, np.ndarray]], workers: int) -> float:
-    """Every call once, `workers` threads taking the next one; returns the seconds taken."""
-    lock = threading.Lock()
-    position = [0]
-    errors: list[BaseException] = []
+    """Every call once (backend call + pooling), `workers` threads taking the next one; seconds."""
+    def call(index: int) -> None:
+        feeds, lengths = calls[index]
+        pool_normalize(backend.run(feeds), lengths, files.pooling, files.normalize)
 
-    def work() -> None:
-        try:
-            while True:
-                with lock:
-                    index = position[0]
-                    position[0] += 1
-                if index >= len(calls):
-                    return
-                feeds, lengths = calls[index]
-                pool_normalize(backend.run(feeds), lengths, files.pooling, files.normalize)
-        except BaseException as exc:  # noqa: BLE001 - raised after the join
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, name=f"backend-bench-{i}") for i in range(workers)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - started
+    return run_in_threads(workers, len(calls), call)
 
 
 def embed(config: Config, seqs: Sequence[Seq], batch: int) -> np.ndarray:
@@ -198,8 +172,9 @@ class Results:
 
 
 def run(configs: Sequence[Config], corpus: Corpus, rounds: int, cpus: int, source: str | None = None,
-        command: str = "python -m bench.backends") -> Results:
-    """Fidelity and latency once per graph, then `rounds` alternating throughput rounds."""
+        command: str = "python -m bench.backends", quality: bool = True) -> Results:
+    """Fidelity and latency once per graph (unless not `quality`), then `rounds` alternating
+    throughput rounds."""
     files = ModelFiles.read(configs[0].folder)
     tokenizer = RawEngine(files, cpus)
     seqs = tokenizer.tokenize(corpus.texts)
@@ -207,9 +182,9 @@ def run(configs: Sequence[Config], corpus: Corpus, rounds: int, cpus: int, sourc
     results = Results(command, str(corpus.path), len(corpus), rounds, cpus, cpu_info(),
                       {**versions(), "openvino": _version("openvino")}, [_describe(c) for c in configs])
     source = source or files.manifest.get("source", {}).get("package")
-    reference = reference_vectors(corpus, source) if source else None
+    reference = reference_vectors(corpus, source) if source and quality else None
     seen: dict[tuple, str] = {}
-    for config in configs:
+    for config in configs if quality else ():
         if config.graph in seen:  # same vectors and latency as an earlier row
             results.fidelity[config.label] = results.fidelity[seen[config.graph]]
             results.latency_ms[config.label] = results.latency_ms[seen[config.graph]]
@@ -271,7 +246,8 @@ def render(results: Results) -> str:
                  speed.fmt(0) if speed else "-", ratio.fmt(2) if ratio else "-",
                  f"{fid['mean_cosine']:.5f} / {fid['min_cosine']:.5f}" if fid else "-",
                  f"{fid['top10_overlap']:.3f}" if fid else "-",
-                 f"{fid['alone_vs_batch_min_cosine']:.5f}" if fid else "-", f"{results.latency_ms[label]:.2f}"]
+                 f"{fid['alone_vs_batch_min_cosine']:.5f}" if fid else "-",
+                 f"{results.latency_ms[label]:.2f}" if label in results.latency_ms else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     for label, why in results.not_measured.items():
         lines.append(f"| {label} | - | not measured: {why} | | | | | |")

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -204,12 +204,7 @@ class WorkerSweep:
         self.workers = workers
         self.batch = batch
         self.intra = max(1, engine.cpus // workers)
-        if batch == 1:
-            self.calls = [engine.feeds_for([s]) for s in seqs]
-        else:
-            order = sorted(range(len(seqs)), key=lambda i: seqs[i].length)
-            self.calls = [engine.feeds_for([seqs[i] for i in order[start:start + batch]])
-                          for start in range(0, len(order), batch)]
+        self.calls = [engine.feeds_for(group) for group in call_groups(seqs, batch)]
         self.texts = len(seqs)
         self.real_tokens = sum(s.length for s in seqs)
         self.padded_tokens = sum(int(lengths.max()) * len(lengths) for _, lengths in self.calls)
@@ -217,32 +212,46 @@ class WorkerSweep:
     def measure(self) -> Throughput:
         session = self.engine.session(self.intra)
         self.engine.run(session, *max(self.calls, key=lambda c: int(c[1].max()) * len(c[1])))
-        lock = threading.Lock()
-        position = [0]
-        errors: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                while True:
-                    with lock:
-                        index = position[0]
-                        position[0] += 1
-                    if index >= len(self.calls):
-                        return
-                    self.engine.run(session, *self.calls[index])
-            except BaseException as exc:  # noqa: BLE001 - reported after the join
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, name=f"raw-worker-{i}") for i in range(self.workers)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        seconds = time.perf_counter() - started
-        if errors:
-            raise errors[0]
+        seconds = run_in_threads(self.workers, len(self.calls), lambda i: self.engine.run(session, *self.calls[i]))
         return Throughput(self.texts, seconds, self.padded_tokens, self.real_tokens)
+
+
+def call_groups(seqs: Sequence[Seq], batch: int) -> list[list[Seq]]:
+    """batch 1: one sequence per call in corpus order; B > 1: length-sorted groups of B."""
+    if batch == 1:
+        return [[s] for s in seqs]
+    order = sorted(range(len(seqs)), key=lambda i: seqs[i].length)
+    return [[seqs[i] for i in order[start:start + batch]] for start in range(0, len(order), batch)]
+
+
+def run_in_threads(workers: int, count: int, call: Callable[[int], object]) -> float:
+    """Calls 0..count-1, each once, `workers` threads taking the next one; returns the seconds."""
+    lock = threading.Lock()
+    position = [0]
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            while True:
+                with lock:
+                    index = position[0]
+                    position[0] += 1
+                if index >= count:
+                    return
+                call(index)
+        except BaseException as exc:  # noqa: BLE001 - reported after the join
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, name=f"raw-worker-{i}") for i in range(workers)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return seconds
 
 
 def batch1_latencies(engine: RawEngine, texts: Sequence[str], intra: int) -> list[float]:

@@ -3,6 +3,8 @@ the bf16 refusal, and the server choosing its backend per model folder."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from service.engine.cpus import cpu_flags, supports_bf16  # noqa: E402
 from service.engine.manifest import Manifest  # noqa: E402
 from service.engine.model import EmbeddingModel, ModelSettings  # noqa: E402
 from service.engine.scheduler import BatchPolicy  # noqa: E402
-from tests.server import DEFAULT_MODEL_DIR, ServerProcess  # noqa: E402
+from tests.server import DEFAULT_MODEL_DIR, REPO_ROOT, ServerProcess  # noqa: E402
 from tests.tiny_models import build_tiny_sentence_transformer  # noqa: E402
 
 needs_nncf = pytest.mark.skipif(ov_recipes.unavailable("ov-int8") is not None,
@@ -111,6 +113,34 @@ def test_concurrent_calls_with_varying_shapes_match_sequential_ones(models: Path
     for index, expected in enumerate(sequential):
         for repeat in range(2):
             np.testing.assert_allclose(results[index * 2 + repeat], expected, rtol=0, atol=1e-6)
+
+
+_FIRST_CALLS_AT_ONCE = """
+import sys, threading
+from pathlib import Path
+import numpy as np
+from service.engine.backends import BackendSettings, open_backend
+backend = open_backend("openvino", Path(sys.argv[1]), "last_hidden_state", BackendSettings(concurrency=2))
+feeds = {name: np.ones((1, 8), dtype=np.int64) for name in backend.input_names}
+start = threading.Barrier(4)
+def first_call():
+    start.wait()
+    backend.run(feeds)
+threads = [threading.Thread(target=first_call) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print("done")
+"""
+
+
+def test_first_calls_from_several_threads_at_once_do_not_hang(models: Path) -> None:
+    """Without the set-up at import, about half of such processes hung for good."""
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", _FIRST_CALLS_AT_ONCE, str(models / "tiny-fp32" / "model.onnx")],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr
 
 
 def test_a_graph_openvino_cannot_read_is_refused_clearly(models: Path) -> None:

@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 
 _core: ov.Core | None = None
 
+# OpenVINO's bindings set up their numpy access on first use, once per process, and that set-up
+# deadlocks when two threads get there at the same time (measured: 4 of 8 processes hung when
+# four worker threads made their first calls at once). Done here, under the import lock.
+ov.Tensor(np.zeros(1, dtype=np.float32)).data
+
 
 def core() -> ov.Core:
     """One OpenVINO Core per process (it holds the plugins and is thread-safe)."""
