@@ -71,6 +71,16 @@ def default_configs(ort_int8: Path, ov_int8: Path | None, fp32: Path | None, cpu
     return configs
 
 
+def scheduling_sweep(ort_int8: Path, ov_int8: Path | None, cpus: int) -> list[Config]:
+    """The other ways to feed each backend, behind SCHEDULING_DEFAULTS (service/engine/backends)."""
+    configs = [Config("ORT smooth-int8, sorted batches of 8", ort_int8, "onnxruntime", 8, cpus, 1),
+               Config("ORT smooth-int8, sorted batches of 8, one wide worker", ort_int8, "onnxruntime", 8, 1, cpus)]
+    if ov_int8 is not None:
+        configs += [Config(f"OpenVINO ov-int8, sorted batches of {b}", ov_int8, "openvino", b, cpus, 1) for b in (4, 16)]
+        configs.append(Config("OpenVINO ov-int8, sorted batches of 8, one wide stream", ov_int8, "openvino", 8, 1, cpus))
+    return configs
+
+
 def _open(config: Config, workers: int, threads: int):
     from service.engine.backends import BackendSettings, open_backend
 
@@ -83,13 +93,18 @@ def _calls(seqs: Sequence[Seq], batch: int, names: Sequence[str]) -> list[tuple[
     return [padded_feeds(group, names) for group in call_groups(seqs, batch)]
 
 
-def _run_all(backend, files: ModelFiles, calls: Sequence[tuple[dict, np.ndarray]], workers: int) -> float:
-    """Every call once (backend call + pooling), `workers` threads taking the next one; seconds."""
+def _run_all(backend, files: ModelFiles, calls: Sequence[tuple[dict, np.ndarray]], workers: int) -> tuple[float, float]:
+    """Every call once (backend call + pooling), `workers` threads taking the next one.
+
+    Returns (wall seconds, CPU seconds of the whole process): on a shared machine the CPU time
+    is the steadier measure of the work done (threads that wait for a core do not accrue it)."""
     def call(index: int) -> None:
         feeds, lengths = calls[index]
         pool_normalize(backend.run(feeds), lengths, files.pooling, files.normalize)
 
-    return run_in_threads(workers, len(calls), call)
+    cpu = time.process_time()
+    wall = run_in_threads(workers, len(calls), call)
+    return wall, time.process_time() - cpu
 
 
 def embed(config: Config, seqs: Sequence[Seq], batch: int) -> np.ndarray:
@@ -166,6 +181,8 @@ class Results:
     configs: list[dict] = field(default_factory=list)
     speed: dict[str, list[float]] = field(default_factory=dict)  # label -> emb/s per round
     ratio: dict[str, list[float]] = field(default_factory=dict)  # label -> vs the first, per round
+    per_cpu: dict[str, list[float]] = field(default_factory=dict)  # label -> emb per CPU-second, per round
+    cpu_ratio: dict[str, list[float]] = field(default_factory=dict)  # label -> per_cpu vs the first
     fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)  # label -> median
     not_measured: dict[str, str] = field(default_factory=dict)
@@ -200,14 +217,16 @@ def run(configs: Sequence[Config], corpus: Corpus, rounds: int, cpus: int, sourc
         _run_all(backend, model_files, calls[-max(1, config.workers):], config.workers)  # warm the widest shapes
         opened.append((config, backend, model_files, calls))
     for index in range(rounds):
-        speeds = {}
+        speeds, per_cpu = {}, {}
         for config, backend, model_files, calls in opened[index % len(opened):] + opened[:index % len(opened)]:
-            speeds[config.label] = len(seqs) / _run_all(backend, model_files, calls, config.workers)
-        base = speeds[configs[0].label]
-        for label, value in speeds.items():
-            results.speed.setdefault(label, []).append(value)
-            results.ratio.setdefault(label, []).append(value / base)
-        print(f"round {index + 1}/{rounds}: " + ", ".join(f"{v:.0f}" for v in speeds.values()), file=sys.stderr)
+            wall, cpu = _run_all(backend, model_files, calls, config.workers)
+            speeds[config.label], per_cpu[config.label] = len(seqs) / wall, len(seqs) / max(cpu, 1e-9)
+        for label in speeds:
+            results.speed.setdefault(label, []).append(speeds[label])
+            results.ratio.setdefault(label, []).append(speeds[label] / speeds[configs[0].label])
+            results.per_cpu.setdefault(label, []).append(per_cpu[label])
+            results.cpu_ratio.setdefault(label, []).append(per_cpu[label] / per_cpu[configs[0].label])
+        print(f"round {index + 1}/{rounds}: " + ", ".join(f"{k} {v:.0f}" for k, v in speeds.items()), file=sys.stderr)
     return results
 
 
@@ -235,22 +254,23 @@ def render(results: Results) -> str:
              + f"; load average at start {results.machine.get('load_average')}.",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in results.versions.items()
                                       if k in ("onnxruntime", "openvino", "numpy")) + ".", "",
-             "| configuration | layout | emb/s median (min-max) | vs first, same round | mean / min cos vs fp32 "
-             "| top-10 | alone vs batch-8 min cos | batch-1 short query ms |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| configuration | layout | emb/s median (min-max) | vs first, same round | emb per CPU-second "
+             "| vs first | mean / min cos vs fp32 | top-10 | alone vs batch-8 min cos | batch-1 short query ms |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for config in results.configs:
         label = config["label"]
-        speed, ratio, fid = summarize(results.speed[label]), summarize(results.ratio[label]), results.fidelity.get(label)
+        fid = results.fidelity.get(label)
+        speeds = [summarize(getattr(results, name)[label]) for name in ("speed", "ratio", "per_cpu", "cpu_ratio")]
         cells = [f"{label} ({config['recipe']})", f"{config['workers']} x {config['threads']}"
                  + (f", batch {config['batch']}" if config["batch"] > 1 else ""),
-                 speed.fmt(0) if speed else "-", ratio.fmt(2) if ratio else "-",
+                 *(s.fmt(digits) if s else "-" for s, digits in zip(speeds, (0, 2, 0, 2))),
                  f"{fid['mean_cosine']:.5f} / {fid['min_cosine']:.5f}" if fid else "-",
                  f"{fid['top10_overlap']:.3f}" if fid else "-",
                  f"{fid['alone_vs_batch_min_cosine']:.5f}" if fid else "-",
                  f"{results.latency_ms[label]:.2f}" if label in results.latency_ms else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     for label, why in results.not_measured.items():
-        lines.append(f"| {label} | - | not measured: {why} | | | | | |")
+        lines.append(f"| {label} | - | not measured: {why} | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -265,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="today's served ORT model folder (the ratios' base)")
     parser.add_argument("--ov-int8", type=Path, help="a folder exported with --recipe ov-int8")
     parser.add_argument("--fp32", type=Path, help="a folder exported with --recipe fp32 (both backends, and bf16)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also the other batch sizes and thread layouts behind the scheduling defaults")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--limit", type=int, default=0, help="a deterministic subset of this many texts")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "backends.md")
@@ -276,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         corpus = corpus.subset(args.limit)
     cpus = available_cpus()
     configs = default_configs(args.ort, args.ov_int8, args.fp32, cpus, bf16=supports_bf16())
+    if args.sweep:
+        configs += scheduling_sweep(args.ort, args.ov_int8, cpus)
     results = run(configs, corpus, max(1, args.rounds), cpus,
                   command="python -m bench.backends " + " ".join(argv))
     if args.fp32 is not None and not supports_bf16():

@@ -10,7 +10,9 @@ request's buffer. The CPU plugin runs requests on its streams: `concurrency` str
 Shapes are dynamic (batch and sequence length change per call): the CPU plugin compiles once
 and prepares each new input shape on its first call, keeping the prepared kernels in a cache
 (CPU_RUNTIME_CACHE_CAPACITY, 5000 shapes by default; far more than the at most max_batch x
-max_tokens shapes the engine makes).
+max_tokens shapes the engine makes). Measured on all-MiniLM-L6-v2: a call at a shape never seen
+before cost what a call at a seen shape did (median over 25 sequence lengths: 36.1 vs 35.3 ms at
+batch 1, 172 vs 170 ms at batch 8, on a busy machine): no recompiles.
 """
 from __future__ import annotations
 
