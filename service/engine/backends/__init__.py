@@ -67,11 +67,14 @@ class SchedulingDefaults:
     intra_op_threads: int = 1
 
 
-# Measured on 2 cores (bench/backends.py; the numbers are in its report and in DESIGN.md):
-# ONNX Runtime runs fastest on one sequence per call, one single-threaded worker per CPU
-# (no padding, and dynamic int8 stays batch-invariant); OpenVINO's int8 graph is slower one
-# sequence at a time and fastest on length-sorted batches of 8, one single-threaded stream per
-# CPU (its static scales keep it batch-invariant).
+# Measured with `python -m bench.backends --sweep` (2 cores, all-MiniLM-L6-v2, the shared
+# corpus; embeddings per CPU-second relative to ORT one sequence per call on 2 x 1, median of 3
+# alternating rounds, on a 2-core AVX2 machine): ONNX Runtime runs fastest on one sequence per
+# call, one single-threaded worker per CPU (sorted batches of 8: 0.92 on 2 x 1, 0.85 on 1 x 2;
+# no padding, and dynamic int8 stays batch-invariant). OpenVINO's int8 graph runs best on
+# length-sorted batches of 8, one single-threaded stream per CPU (0.62; batches of 4: 0.54, of
+# 16: 0.58, one 2-thread stream: 0.59, one sequence per call: 0.49); its static scales keep it
+# batch-invariant. The avx512_vnni machine ranked OpenVINO's layouts the same way.
 SCHEDULING_DEFAULTS: dict[str, SchedulingDefaults] = {
     "onnxruntime": SchedulingDefaults(policy="sequence", max_batch=8),
     "openvino": SchedulingDefaults(policy="batch", max_batch=8),
