@@ -251,7 +251,7 @@ def render(results: Results) -> str:
              f"{results.rounds} alternating rounds, {results.cpus} CPUs, tokenization excluded.", "",
              f"CPU: {results.machine.get('model')}; flags: " + ", ".join(
                  f"{k} {'yes' if v else 'no'}" for k, v in results.machine.get("flags", {}).items())
-             + f"; load average at start {results.machine.get('load_average')}.",
+             + "; load average at start " + " ".join(f"{v:.2f}" for v in results.machine.get("load_average") or ()) + ".",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in results.versions.items()
                                       if k in ("onnxruntime", "openvino", "numpy")) + ".", "",
              "| configuration | layout | emb/s median (min-max) | vs first, same round | emb per CPU-second "
