@@ -17,7 +17,7 @@ BUF ?= @bufbuild/buf@1.75.0
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install "torch==2.13.0" -e ".[export,test,bench]"
+	$(PY) -m pip install "torch==2.13.0" -e ".[export,test,bench,openvino,openvino-export]"
 	$(PY) -m pip install --no-deps "$(OPEN_CLIP)"
 	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix .cache/buf "$(BUF)" \
 	  || echo "buf not installed: its lint test will be skipped"; fi

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -93,6 +93,20 @@ def pool_normalize(hidden: np.ndarray, lengths: np.ndarray, mode: str, normalize
     return (vectors / norms).astype(np.float32, copy=False)
 
 
+def padded_feeds(seqs: Sequence[Seq], names: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One call's feeds (right-padded to the longest sequence, the named inputs only) and lengths."""
+    lengths = np.fromiter((s.length for s in seqs), dtype=np.int64, count=len(seqs))
+    width = int(lengths.max())
+    ids = np.zeros((len(seqs), width), dtype=np.int64)
+    type_ids = np.zeros((len(seqs), width), dtype=np.int64)
+    for row, seq in enumerate(seqs):
+        ids[row, : seq.length] = seq.ids
+        type_ids[row, : seq.length] = seq.type_ids
+    mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
+    return {n: available[n] for n in names}, lengths
+
+
 class RawEngine:
     """One tokenizer, sessions per intra-op thread count (created lazily, reused)."""
 
@@ -128,17 +142,8 @@ class RawEngine:
                 for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=True)]
 
     def feeds_for(self, seqs: Sequence[Seq]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        lengths = np.fromiter((s.length for s in seqs), dtype=np.int64, count=len(seqs))
-        width = int(lengths.max())
-        ids = np.zeros((len(seqs), width), dtype=np.int64)
-        type_ids = np.zeros((len(seqs), width), dtype=np.int64)
-        for row, seq in enumerate(seqs):
-            ids[row, : seq.length] = seq.ids
-            type_ids[row, : seq.length] = seq.type_ids
-        mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
-        available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
         self.session(self.cpus)  # makes sure the feed names are known
-        return {n: available[n] for n in self._feeds}, lengths
+        return padded_feeds(seqs, self._feeds)
 
     # -- one call --------------------------------------------------------------------------------
     def run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:
@@ -199,12 +204,7 @@ class WorkerSweep:
         self.workers = workers
         self.batch = batch
         self.intra = max(1, engine.cpus // workers)
-        if batch == 1:
-            self.calls = [engine.feeds_for([s]) for s in seqs]
-        else:
-            order = sorted(range(len(seqs)), key=lambda i: seqs[i].length)
-            self.calls = [engine.feeds_for([seqs[i] for i in order[start:start + batch]])
-                          for start in range(0, len(order), batch)]
+        self.calls = [engine.feeds_for(group) for group in call_groups(seqs, batch)]
         self.texts = len(seqs)
         self.real_tokens = sum(s.length for s in seqs)
         self.padded_tokens = sum(int(lengths.max()) * len(lengths) for _, lengths in self.calls)
@@ -212,32 +212,46 @@ class WorkerSweep:
     def measure(self) -> Throughput:
         session = self.engine.session(self.intra)
         self.engine.run(session, *max(self.calls, key=lambda c: int(c[1].max()) * len(c[1])))
-        lock = threading.Lock()
-        position = [0]
-        errors: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                while True:
-                    with lock:
-                        index = position[0]
-                        position[0] += 1
-                    if index >= len(self.calls):
-                        return
-                    self.engine.run(session, *self.calls[index])
-            except BaseException as exc:  # noqa: BLE001 - reported after the join
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, name=f"raw-worker-{i}") for i in range(self.workers)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        seconds = time.perf_counter() - started
-        if errors:
-            raise errors[0]
+        seconds = run_in_threads(self.workers, len(self.calls), lambda i: self.engine.run(session, *self.calls[i]))
         return Throughput(self.texts, seconds, self.padded_tokens, self.real_tokens)
+
+
+def call_groups(seqs: Sequence[Seq], batch: int) -> list[list[Seq]]:
+    """batch 1: one sequence per call in corpus order; B > 1: length-sorted groups of B."""
+    if batch == 1:
+        return [[s] for s in seqs]
+    order = sorted(range(len(seqs)), key=lambda i: seqs[i].length)
+    return [[seqs[i] for i in order[start:start + batch]] for start in range(0, len(order), batch)]
+
+
+def run_in_threads(workers: int, count: int, call: Callable[[int], object]) -> float:
+    """Calls 0..count-1, each once, `workers` threads taking the next one; returns the seconds."""
+    lock = threading.Lock()
+    position = [0]
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            while True:
+                with lock:
+                    index = position[0]
+                    position[0] += 1
+                if index >= count:
+                    return
+                call(index)
+        except BaseException as exc:  # noqa: BLE001 - reported after the join
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, name=f"raw-worker-{i}") for i in range(workers)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return seconds
 
 
 def batch1_latencies(engine: RawEngine, texts: Sequence[str], intra: int) -> list[float]:

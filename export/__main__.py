@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("models"), help="model repository (default: models)")
     parser.add_argument("--recipe", choices=sorted(RECIPES),
                         help="fp32; dynamic-int8; smooth-int8 (outliers migrated into the weights first); "
-                             "mixed-int8 (the most error-prone MatMuls kept fp32); weight-int8 (MatMulNBits). "
+                             "mixed-int8 (the most error-prone MatMuls kept fp32); weight-int8 (MatMulNBits); "
+                             "OpenVINO: ov-int8 (NNCF static int8), bf16 (only on CPUs with avx512_bf16 or AMX). "
                              f"Default: {DEFAULT_RECIPE} for text models, {DEFAULT_TEXT_RECIPE} for the text tower "
                              "of a CLIP model")
     parser.add_argument("--vision-recipe", choices=sorted(VISION_RECIPES), default="fp32",

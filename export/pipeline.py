@@ -55,8 +55,12 @@ def export_model(source_spec: str | Path, name: str, out_dir: Path, *, recipe: s
                                 force=force, keep_fp32=keep_fp32, alpha=alpha, validation_texts=validation_texts,
                                 aliases=model_aliases(name, hub, aliases))
     recipe = recipe or DEFAULT_RECIPE
+    refused = recipes.unavailable(recipe)
+    if refused:
+        raise ExportError(refused)
+    served = recipes.TARGETS[recipe]
     target = out_dir / name
-    if target.exists() and (target / "model.onnx").exists() and not force:
+    if target.exists() and (target / "manifest.json").exists() and not force:
         raise ExportError(f"{target} already holds a model (use --force to replace it)")
     source = sources.resolve(source_spec)
     if max_tokens:
@@ -88,12 +92,14 @@ def export_model(source_spec: str | Path, name: str, out_dir: Path, *, recipe: s
         final = work / "final"
         final.mkdir()
         details = quantize_text(recipe, fp32_folder, final, base, texts, reference, work, timings, alpha=alpha,
-                                keep_fp32=keep_fp32)
+                                keep_fp32=keep_fp32, plain_graph=onnx_path, model_file=served.model_file)
         details["fused_operators"] = fused
         shutil.copyfile(fp32_folder / "tokenizer.json", final / "tokenizer.json")
 
         with stage("validate", timings):
-            manifest = Manifest(**{**base.__dict__, "recipe": recipe, "quantization": details})
+            manifest = Manifest(**{**base.__dict__, "recipe": recipe, "quantization": details,
+                                   "backend": served.backend, "model_file": served.model_file,
+                                   "precision": served.precision})
             manifest.write(final)
             report = validate.measure(final, reference, texts)
         fidelity = Fidelity(reference="sentence-transformers fp32 (torch), one text per call",
@@ -105,6 +111,6 @@ def export_model(source_spec: str | Path, name: str, out_dir: Path, *, recipe: s
                  report.batch_invariance_min_cosine)
         check_gate([thresholds.failure("text", report.mean_cosine, report.min_cosine)])
         publish(final, target, work)
-    size = (target / "model.onnx").stat().st_size
+    size = sum(f.stat().st_size for f in target.glob(Path(served.model_file).stem + ".*"))
     log.info("wrote %s (%.1f MB, recipe %s)", target, size / 1e6, recipe)
     return target

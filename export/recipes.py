@@ -13,6 +13,7 @@ import onnx
 
 from service.engine.cpus import has_vnni, int8_isa
 
+from . import openvino
 from .smooth import Calibration, smooth
 
 Recipe = Callable[[Path, Path, "RecipeContext"], dict[str, Any]]
@@ -28,6 +29,10 @@ class RecipeContext:
     calibration: Calibration | None = None
     # SmoothQuant migration strength; None: chosen per MatMul by simulated int8 error.
     alpha: float | None = 0.8
+    # Model inputs of calibration texts, one sequence each (recipes in NEEDS_FEEDS).
+    feeds: tuple[dict[str, Any], ...] = ()
+    # The plain ONNX export before ONNX Runtime's fusions (what OpenVINO reads best).
+    plain_graph: Path | None = None
 
 
 def quantizable_nodes(model_path: Path) -> list[str]:
@@ -107,6 +112,17 @@ def smooth_int8(src: Path, dst: Path, ctx: RecipeContext) -> dict[str, Any]:
 
 # Recipes whose context needs the fp32 graph's activations on calibration texts.
 NEEDS_CALIBRATION = frozenset({"smooth-int8"})
+# Recipes whose context needs the calibration texts' model inputs.
+NEEDS_FEEDS = frozenset({"ov-int8"})
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a recipe's folder is served with (recorded in the manifest)."""
+
+    backend: str = "onnxruntime"
+    model_file: str = "model.onnx"
+    precision: str | None = None
 
 RECIPES: dict[str, Recipe] = {
     "fp32": fp32,
@@ -115,3 +131,12 @@ RECIPES: dict[str, Recipe] = {
     "weight-int8": weight_int8,
     "smooth-int8": smooth_int8,
 }
+
+RECIPES.update(openvino.RECIPES)
+TARGETS: dict[str, Target] = {name: Target(*openvino.TARGETS[name]) if name in openvino.TARGETS else Target()
+                              for name in RECIPES}
+
+
+def unavailable(recipe: str) -> str | None:
+    """Why this machine cannot make the recipe (a missing extra, a CPU feature), or None."""
+    return openvino.unavailable(recipe)

@@ -41,15 +41,18 @@ POLICY_SETTINGS = {
 class Row:
     folder: Path
     recipe: str
+    backend: str
     fidelity: validate.FidelityReport | None = None
     speed: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _serving_model(folder: Path, policy: str, cpus: int) -> EmbeddingModel:
     workers, intra, batch_policy = POLICY_SETTINGS[policy](cpus)
-    model = EmbeddingModel(folder, Manifest.read(folder),
-                           ModelSettings(workers=workers, session=BackendSettings(intra_op_threads=intra),
-                                         policy=batch_policy))
+    manifest = Manifest.read(folder)
+    model = EmbeddingModel(folder, manifest,
+                           ModelSettings(workers=workers, session=BackendSettings(intra_op_threads=intra,
+                                                                                  concurrency=workers),
+                                         policy=batch_policy, backend=manifest.backend))
     model.start()
     model.warm_up()
     return model
@@ -82,7 +85,8 @@ def measure(folders: Sequence[Path], source_spec: str | None, corpus: Path | Non
     source = sources.resolve(spec)
     texts = validate.load_texts()
     reference = validate.reference_embeddings(source, texts)
-    rows = [Row(folder=f, recipe=m.recipe) for f, m in zip(folders, manifests)]
+    rows = [Row(folder=f, recipe=m.recipe, backend=m.backend + (f" ({m.precision})" if m.precision else ""))
+            for f, m in zip(folders, manifests)]
     for row in rows:
         row.fidelity = validate.measure(row.folder, reference, texts)
     speed_source, speed_texts = _speed_texts(corpus)
@@ -101,7 +105,7 @@ def measure(folders: Sequence[Path], source_spec: str | None, corpus: Path | Non
 
 
 def render(rows: Sequence[Row], speed_source: str, policies: Sequence[str]) -> str:
-    head = ["folder", "recipe", *(f"emb/s {p} (median [min-max])" for p in policies),
+    head = ["folder", "recipe", "backend", *(f"emb/s {p} (median [min-max])" for p in policies),
             "mean / min cosine vs fp32", "top-10 overlap", "alone vs batched min cosine"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in rows:
@@ -111,7 +115,7 @@ def render(rows: Sequence[Row], speed_source: str, policies: Sequence[str]) -> s
         for policy in policies:
             values = row.speed.get(policy, [])
             speeds.append(f"{statistics.median(values):.0f} [{min(values):.0f}-{max(values):.0f}]" if values else "-")
-        lines.append("| " + " | ".join([row.folder.name, row.recipe, *speeds, f"{f.mean_cosine:.4f} / {f.min_cosine:.4f}",
+        lines.append("| " + " | ".join([row.folder.name, row.recipe, row.backend, *speeds, f"{f.mean_cosine:.4f} / {f.min_cosine:.4f}",
                                          f"{f.top10_overlap:.3f}", f"{f.batch_invariance_min_cosine:.5f}"]) + " |")
     lines.append("")
     lines.append(f"Fidelity over the {rows[0].fidelity.sentences if rows else 0} texts of export/data/validation.jsonl, "
@@ -140,6 +144,6 @@ def main(argv: list[str]) -> int:
     rows, speed_source = measure(args.folders, args.source, args.corpus, max(1, args.repeats), policies)
     print(render(rows, speed_source, policies))
     if args.json:
-        args.json.write_text(json.dumps([{"folder": str(r.folder), "recipe": r.recipe, "speed": r.speed,
+        args.json.write_text(json.dumps([{"folder": str(r.folder), "recipe": r.recipe, "backend": r.backend, "speed": r.speed,
                                           "fidelity": vars(r.fidelity)} for r in rows], indent=1))
     return 0

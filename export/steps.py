@@ -81,32 +81,41 @@ def sensitivity(fp32_folder: Path, manifest: Manifest, texts: list[str], referen
     return sorted(scores, key=lambda item: -item[1])
 
 
-def _calibrate(fp32_folder: Path, manifest: Manifest, texts: list[str]) -> smooth.Calibration:
-    """fp32 activations on every other validation text, one sequence per run as served."""
+def calibration_feeds(fp32_folder: Path, manifest: Manifest, texts: list[str]) -> list[dict[str, np.ndarray]]:
+    """Model inputs of every other validation text, one sequence per run as served."""
     tokenizer = TextTokenizer(fp32_folder / manifest.tokenizer_file, manifest.max_tokens)
     feeds = []
     for seq in tokenizer.encode(texts[::2]):
         available = {"input_ids": seq.ids[None, :], "attention_mask": np.ones_like(seq.ids)[None, :],
                      "token_type_ids": seq.type_ids[None, :]}
         feeds.append({name: available[name] for name in manifest.inputs})
-    return smooth.calibrate(fp32_folder / manifest.model_file, feeds)
+    return feeds
+
+
+def _calibrate(fp32_folder: Path, manifest: Manifest, texts: list[str]) -> smooth.Calibration:
+    """fp32 activations on every other validation text, one sequence per run as served."""
+    return smooth.calibrate(fp32_folder / manifest.model_file, calibration_feeds(fp32_folder, manifest, texts))
 
 
 def quantize_text(recipe: str, fp32_folder: Path, final: Path, manifest: Manifest, texts: list[str],
                   reference: np.ndarray, work: Path, timings: dict[str, float], *, alpha: float | None,
-                  keep_fp32: int) -> dict[str, Any]:
-    """The text graph (manifest.model_file) from fp32_folder into final by `recipe`, after
-    gathering what the recipe needs; returns the recipe's details for the manifest."""
+                  keep_fp32: int, plain_graph: Path | None = None, model_file: str | None = None) -> dict[str, Any]:
+    """The text graph (manifest.model_file) from fp32_folder into final / `model_file` (default: the
+    same name) by `recipe`, after gathering what the recipe needs; returns the recipe's details."""
     context = recipe_context(recipe, fp32_folder, manifest, texts, reference, work, timings, alpha=alpha,
-                             keep_fp32=keep_fp32)
+                             keep_fp32=keep_fp32, plain_graph=plain_graph)
     with stage(f"quantize {manifest.model_file} ({recipe})", timings):
-        return recipes.RECIPES[recipe](fp32_folder / manifest.model_file, final / manifest.model_file, context)
+        return recipes.RECIPES[recipe](fp32_folder / manifest.model_file, final / (model_file or manifest.model_file),
+                                       context)
 
 
 def recipe_context(recipe: str, fp32_folder: Path, manifest: Manifest, texts: list[str], reference: np.ndarray,
                    work: Path, timings: dict[str, float], *, alpha: float | None,
-                   keep_fp32: int) -> recipes.RecipeContext:
-    """What the text recipe needs from the fp32 graph: calibration activations or node ranks."""
+                   keep_fp32: int, plain_graph: Path | None = None) -> recipes.RecipeContext:
+    """What the text recipe needs from the fp32 graph: calibration activations or inputs, or node ranks."""
+    if recipe in recipes.NEEDS_FEEDS:
+        return recipes.RecipeContext(alpha=alpha, plain_graph=plain_graph,
+                                     feeds=tuple(calibration_feeds(fp32_folder, manifest, texts)))
     if recipe in recipes.NEEDS_CALIBRATION:
         with stage("calibrate", timings):
             return recipes.RecipeContext(alpha=alpha, calibration=_calibrate(fp32_folder, manifest, texts))

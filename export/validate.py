@@ -1,7 +1,7 @@
 """Fidelity of a served graph against the full-precision torch model.
 
-The served side runs through the server's own engine code (tokenizer, session, pooling,
-normalization), one text per session call, so what is measured is what will be served.
+The served side runs through the server's own engine code (tokenizer, the manifest's backend,
+pooling, normalization), one text per session call, so what is measured is what will be served.
 """
 from __future__ import annotations
 
@@ -67,9 +67,11 @@ def reference_embeddings(source: ModelSource, texts: Sequence[str]) -> np.ndarra
 
 
 def served_model(folder: Path, threads: int = 1) -> EmbeddingModel:
-    """The engine's model object over a model folder, without starting its workers."""
-    settings = ModelSettings(workers=1, session=BackendSettings(intra_op_threads=threads), policy=BatchPolicy())
-    return EmbeddingModel(folder, Manifest.read(folder), settings)
+    """The engine's model object over a model folder, on the manifest's backend, without workers."""
+    manifest = Manifest.read(folder)
+    settings = ModelSettings(workers=1, session=BackendSettings(intra_op_threads=threads), policy=BatchPolicy(),
+                             backend=manifest.backend)
+    return EmbeddingModel(folder, manifest, settings)
 
 
 def embed_one_at_a_time(model: EmbeddingModel, texts: Sequence[str]) -> np.ndarray:

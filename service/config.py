@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .auth.authenticator import AUTH_MODES
+from .engine.backends import BACKENDS
 from .engine.repository import EngineSettings
 from .engine.images import ImageLimits
 from .engine.policy import POLICIES, BatchPolicy
@@ -32,7 +33,7 @@ class Settings:
     lone_threads: int | None = None  # ORT threads for a call that runs alone; auto: the CPUs
     # One sequence per session call: no padding, batch-invariant under dynamic int8, and on 2
     # cores the fastest on mixed-length text (see bench/RESULTS.md).
-    batch_policy: str = "sequence"
+    batch_policy: str = "auto"  # auto: each backend's measured policy (ONNX Runtime: sequence)
     # On 2 cores length-sorted batches of 2-8 beat 32 or 64 (bench/RESULTS.md, raw sweep).
     max_batch: int = 8
     max_batch_tokens: int = 2048
@@ -59,6 +60,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     access_log: bool = True
+    backend: str = "auto"  # auto: each model folder's manifest chooses
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(
@@ -66,7 +68,7 @@ class Settings:
             intra_op_threads=self.intra_op_threads,
             lone_threads=self.lone_threads,
             policy=BatchPolicy(
-                mode=self.batch_policy,  # type: ignore[arg-type]
+                mode="sequence" if self.batch_policy == "auto" else self.batch_policy,  # type: ignore[arg-type]
                 max_batch=self.max_batch,
                 max_batch_tokens=self.max_batch_tokens,
                 short_tokens=self.short_tokens,
@@ -76,6 +78,8 @@ class Settings:
             image_limits=ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels,
                                      max_frames=self.max_image_frames, draft=self.image_draft),
             only=tuple(n.strip() for n in self.only_models.split(",") if n.strip()),
+            backend=self.backend,
+            policy_explicit=self.batch_policy != "auto",
         )
 
     def input_limits(self) -> InputLimits:
@@ -98,8 +102,8 @@ def validate(settings: Settings) -> list[str]:
     problems = []
     if settings.auth not in AUTH_MODES:
         problems.append(f"--auth must be one of {', '.join(AUTH_MODES)}")
-    if settings.batch_policy not in POLICIES:
-        problems.append(f"--batch-policy must be one of {', '.join(POLICIES)}")
+    if settings.batch_policy not in ("auto", *POLICIES):
+        problems.append(f"--batch-policy must be auto or one of {', '.join(POLICIES)}")
     for name in ("port", "max_batch", "max_batch_tokens", "short_tokens", "max_queue", "max_body_bytes",
                  "max_inputs", "max_input_chars", "max_request_chars", "max_images", "max_image_bytes", "max_image_pixels",
                  "max_image_frames"):
@@ -123,6 +127,8 @@ def validate(settings: Settings) -> list[str]:
         problems.append("--default-timeout must be positive")
     if settings.log_format not in ("text", "json"):
         problems.append("--log-format must be text or json")
+    if settings.backend not in ("auto", *BACKENDS):
+        problems.append(f"--backend must be auto, {', '.join(BACKENDS)}")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append("--log-level must be DEBUG, INFO, WARNING or ERROR")
     return problems

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import ENV_PREFIX, Settings, validate
+from .engine.backends import BACKENDS
 from .engine.policy import POLICIES
 
 # Variables of ORTEMBED_ that are not server settings but are read by other commands.
@@ -53,7 +54,8 @@ _HELP: dict[str, str] = {
     "intra_op_threads": "ONNX Runtime intra-op threads per worker (auto: CPUs / workers)",
     "lone_threads": "ONNX Runtime threads of a second session that runs a call while no other call "
                     "runs or waits (auto: usable CPUs; 1: off)",
-    "batch_policy": f"how session calls are formed: {', '.join(POLICIES)}",
+    "batch_policy": f"how session calls are formed: auto (each backend's measured choice: ONNX Runtime one "
+                    f"sequence per call, OpenVINO length-matched batches), or {', '.join(POLICIES)} for every model",
     "max_batch": "most sequences in one session call",
     "max_batch_tokens": "padded-token budget of one session call (longest x count)",
     "short_tokens": "hybrid policy: sequences up to this many tokens are batched",
@@ -79,6 +81,8 @@ _HELP: dict[str, str] = {
     "drain_seconds": "after SIGTERM, seconds during which /ready answers 503 while requests are still served; "
                      "then in-flight requests finish and the process exits 0",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "backend": f"inference library: auto (each model's manifest), {', '.join(BACKENDS)} (where the model "
+               "folder allows: an OpenVINO IR folder runs only on openvino)",
     "log_format": "text, or json (one JSON object a line)",
     "access_log": "one log line per request (REST and gRPC), at INFO",
 }

@@ -110,4 +110,5 @@ def test_report_prints_one_row_per_folder(exported: dict[str, Path], tiny_source
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split("|")[1].strip() for r in rows] == ["folder", "fp32", "smooth-int8"]
     fp32_row = rows[1].split("|")
-    assert fp32_row[2].strip() == "fp32" and fp32_row[5].strip().startswith("1.0000 / ")
+    assert fp32_row[2].strip() == "fp32" and fp32_row[3].strip() == "onnxruntime"
+    assert fp32_row[6].strip().startswith("1.0000 / ")

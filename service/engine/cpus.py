@@ -41,16 +41,22 @@ def available_cpus(cgroup_root: Path = _CGROUP_ROOT) -> int:
 
 
 VNNI_ISAS = ("amx_int8", "avx512_vnni", "avx_vnni")
+# Native bfloat16 math: AVX-512 BF16 (Zen 4, Cooper Lake and later) or AMX (Sapphire Rapids).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_CPUINFO = Path("/proc/cpuinfo")
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (/proc/cpuinfo; empty where it cannot be read)."""
+@functools.lru_cache(maxsize=4)
+def cpu_flags(cpuinfo: Path = _CPUINFO) -> frozenset[str]:
+    """The instruction-set flags of this CPU as the kernel lists them (empty where unknown)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return frozenset(value.split())
     except OSError:
-        return frozenset()
-    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+        pass
+    return frozenset()
 
 
 def int8_isa(flags: frozenset[str] | None = None) -> str:
@@ -65,3 +71,8 @@ def has_vnni(flags: frozenset[str] | None = None) -> bool:
     """u8 x s8 dot products without saturation (VNNI or AMX). Without them ONNX Runtime's u8s8
     kernels add pairs in 16 bits and can saturate, so int8 graphs are quantized u8u8 instead."""
     return int8_isa(flags) in VNNI_ISAS
+
+
+def supports_bf16() -> bool:
+    """True when this CPU computes in bfloat16 natively (else bf16 would only be emulated)."""
+    return any(flag in cpu_flags() for flag in BF16_FLAGS)

@@ -165,6 +165,10 @@ class Manifest:
     prompts: dict[str, str] = field(default_factory=dict)
     similarity: str = "cosine"
     recipe: str = "dynamic-int8"
+    # The inference library the graph was exported and gated for (service/engine/backends), and
+    # its inference precision hint (OpenVINO: "bf16"; None: the graph's own precision).
+    backend: str = "onnxruntime"
+    precision: str | None = None
     quantization: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     onnxruntime_version: str = ""

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends import BackendSettings
+from .backends import BackendSettings, with_precision
 from .errors import InvalidDimensions, InvalidInput, UnsupportedModality
 from .manifest import Manifest
 from .policy import BatchPolicy
@@ -58,10 +58,13 @@ class ModelSettings:
     image_policy: BatchPolicy | None = None  # None: `policy`
     image_limits: object = None  # images.ImageLimits; None: its defaults
 
-    def tower(self, image: bool = False) -> TowerSettings:
+    def tower(self, image: bool = False, precision: str | None = None) -> TowerSettings:
+        """A tower's settings; `precision`: the manifest's inference precision hint (bf16)."""
+        session = with_precision(self.session, precision)
         if image:
-            return TowerSettings(self.backend, self.session, self.image_policy or self.policy)
-        return TowerSettings(self.backend, self.session, self.policy, self.lone_session)
+            return TowerSettings(self.backend, session, self.image_policy or self.policy)
+        lone = with_precision(self.lone_session, precision) if self.lone_session is not None else None
+        return TowerSettings(self.backend, session, self.policy, lone)
 
 
 class EmbeddingModel:
@@ -76,7 +79,7 @@ class EmbeddingModel:
         self.pool = pool or WorkerPool(settings.workers, name=f"ortembed-{manifest.name}")
         self.towers: dict[str, Tower] = {}
         if manifest.accepts_text:
-            self.towers["text"] = TextTower(folder, manifest, settings.tower(), self.pool)
+            self.towers["text"] = TextTower(folder, manifest, settings.tower(precision=manifest.precision), self.pool)
         if manifest.accepts_images:
             if manifest.vision is None:
                 raise ValueError(f"model [{manifest.name}] claims images but its manifest has no [vision] block")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +26,7 @@ from .manifest import MANIFEST_FILE, Manifest, ManifestError
 from .model import EmbeddingModel, ModelSettings
 from .policy import BatchPolicy
 from .workers import WorkerPool
+from .backends import SCHEDULING_DEFAULTS, BackendUnavailable, choose_backend
 
 log = logging.getLogger(__name__)
 RETIRE_GRACE = 30.0  # seconds a replaced model stays open for requests that resolved it already
@@ -47,7 +48,10 @@ class EngineSettings:
     # Intra-op threads of the session that runs calls made while nothing else runs. None: every
     # usable CPU when a worker has fewer; 0 or 1: off (every call on the workers' session).
     lone_threads: int | None = None
-    backend: str = "auto"  # auto: each manifest's own backend
+    # "auto": each model folder's manifest decides; "onnxruntime" / "openvino": where it can.
+    backend: str = "auto"
+    # False: a backend's own measured scheduling (SCHEDULING_DEFAULTS) replaces `policy`.
+    policy_explicit: bool = False
     image_limits: object = None
 
     def thread_layout(self) -> tuple[int, int]:
@@ -147,6 +151,19 @@ class ModelRepository:
         self.scan(initial=True)
         self.loaded = True
 
+    def _open(self, folder: Path, manifest: Manifest, settings: ModelSettings) -> EmbeddingModel:
+        """The model on its manifest's backend, or on the --backend override where it can run."""
+        backend, refused = choose_backend(manifest.backend, manifest.model_file, self.settings.backend)
+        if refused:
+            log.warning("model folder %s stays on %s: %s", folder, backend, refused)
+        try:
+            return EmbeddingModel(folder, manifest, replace(settings, backend=backend))
+        except BackendUnavailable as exc:
+            if backend == manifest.backend:
+                raise
+            log.warning("model folder %s stays on %s: %s", folder, manifest.backend, exc)
+            return EmbeddingModel(folder, manifest, replace(settings, backend=manifest.backend))
+
     def start(self) -> None:
         """Kept for callers of the old two-step API: `load` starts everything."""
 
@@ -182,7 +199,7 @@ class ModelRepository:
         try:
             manifest = Manifest.read(folder)
             self._check_names(folder.name, manifest, initial)
-            model = EmbeddingModel(folder, manifest, self._settings_for(manifest), self.pool)
+            model = self._open(folder, manifest)
         except RepositoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - ORT, tokenizers and the OS raise many kinds
@@ -200,16 +217,33 @@ class ModelRepository:
             hook(model)
         self._serve(folder.name, model)
         workers, intra, lone = self.layout
-        log.info("model [%s] %s from %s in %.0f ms: %s, %d dims, %d max tokens, recipe %s, backend %s, aliases [%s]; "
+        log.info("model [%s] %s from %s in %.0f ms: %s, %d dims, %d max tokens, recipe %s on %s, aliases [%s]; "
                  "%d workers x %d threads (lone calls: %s)", manifest.name, "loaded" if initial else "hot-loaded",
                  folder, (time.perf_counter() - started) * 1000, manifest.modality, manifest.dimensions,
                  manifest.max_tokens, manifest.recipe, model.settings.backend, ", ".join(manifest.aliases),
                  workers, intra, f"{lone} threads" if lone else "off")
 
-    def _settings_for(self, manifest: Manifest) -> ModelSettings:
-        backend = manifest.backend if self.settings.backend == "auto" else self.settings.backend
-        settings = self.model_settings
-        return ModelSettings(**{**settings.__dict__, "backend": backend})
+    def _open(self, folder: Path, manifest: Manifest) -> EmbeddingModel:
+        """The model on its manifest's backend, or on the --backend override where it can run."""
+        backend, refused = choose_backend(manifest.backend, manifest.model_file, self.settings.backend)
+        if refused:
+            log.warning("model folder %s stays on %s: %s", folder, backend, refused)
+        try:
+            return EmbeddingModel(folder, manifest, self._settings_for(backend), self.pool)
+        except BackendUnavailable as exc:
+            if backend == manifest.backend:
+                raise
+            log.warning("model folder %s stays on %s: %s", folder, manifest.backend, exc)
+            return EmbeddingModel(folder, manifest, self._settings_for(manifest.backend), self.pool)
+
+    def _settings_for(self, backend: str) -> ModelSettings:
+        """The shared settings on `backend`, with its measured scheduling unless --batch-policy was given."""
+        settings = replace(self.model_settings, backend=backend)
+        defaults = SCHEDULING_DEFAULTS.get(backend)
+        if defaults is None or self.settings.policy_explicit:
+            return settings
+        policy = replace(settings.policy, mode=defaults.policy, max_batch=defaults.max_batch)  # type: ignore[arg-type]
+        return replace(settings, policy=policy)
 
     def _check_names(self, folder: str, manifest: Manifest, initial: bool) -> None:
         with self._lock:
