@@ -60,6 +60,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     access_log: bool = True
+    metrics: bool = True  # false: the per-call histograms are not observed (counters and gauges stay)
     backend: str = "auto"  # auto: each model folder's manifest chooses
 
     def engine_settings(self) -> EngineSettings:

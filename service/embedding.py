@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .engine import memory
 from .engine.encodings import ElementType, encode_elements
 from .engine.errors import InvalidImage, ModelNotFound, NotReady, UnsupportedModality
 from .engine.model import EmbedOptions, EmbeddingModel, Embeddings
@@ -20,6 +21,9 @@ from .engine.repository import ModelRepository
 from .inputs import Input
 from .logs import RequestInfo
 from .targets import EndpointLookup, Target, resolve
+
+
+_GIVE_BACK_AFTER_CHARS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,9 @@ async def embed(request: EmbedRequest, repository: ModelRepository,
         vectors = truncate_dimensions(vectors, dimensions)
     element_type = request.element_type or target.element_type
     parts = [part for item in request.inputs for part in item.parts]
+    characters = sum(len(p.text) for p in parts if p.kind == "text")
+    if characters > _GIVE_BACK_AFTER_CHARS or len(request.inputs) > 256:  # a large request: return its heap
+        asyncio.get_running_loop().run_in_executor(None, memory.give_back)
     text = done.get("text")
     timings = Timings(tokenization=text.tokenize_seconds if text else 0.0,
                       queue=max(e.queue_seconds for e in done.values()),
@@ -149,7 +156,7 @@ async def embed(request: EmbedRequest, repository: ModelRepository,
     return EmbedResult(target=target, element_type=element_type, vectors=encode_elements(vectors, element_type),
                        prompt_tokens=text.prompt_tokens if text else 0, timings=timings,
                        images=sum(p.kind == "image" for p in parts),
-                       characters=sum(len(p.text) for p in parts if p.kind == "text"))
+                       characters=characters)
 
 
 def describe(info: RequestInfo, result: EmbedResult) -> None:

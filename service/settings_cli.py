@@ -85,6 +85,8 @@ _HELP: dict[str, str] = {
                "folder allows: an OpenVINO IR folder runs only on openvino)",
     "log_format": "text, or json (one JSON object a line)",
     "access_log": "one log line per request (REST and gRPC), at INFO",
+    "metrics": "observe the per-call histograms of /metrics (queue, inference, batch size, tokens, tokenization, "
+               "image decoding); false leaves only counters, gauges and request latency",
 }
 
 

@@ -41,8 +41,10 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
+        # No drain window on SIGTERM unless a test asks for one: stopping a server stays quick.
+        drain = [] if "--drain-seconds" in self.args else ["--drain-seconds", "0"]
         return [sys.executable, "-m", "service", "--models", str(self.models), "--data-dir", str(self.data_dir),
-                "--port", str(self.port), "--grpc-port", str(self.grpc_port), *self.args]
+                "--port", str(self.port), "--grpc-port", str(self.grpc_port), *drain, *self.args]
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORTEMBED_")}

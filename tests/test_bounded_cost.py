@@ -3,6 +3,7 @@ larger one is refused at once, and a flood on one transport does not starve the 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -16,10 +17,10 @@ from tests.conftest import TINY
 from tests.server import ServerProcess
 
 
-def _rss_peak_kb(proc: ServerProcess) -> int:
+def _rss_peak_kb(proc: ServerProcess, key: str = "VmHWM:") -> int:
     assert proc.proc is not None
     status = Path(f"/proc/{proc.proc.pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(key)))
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +31,18 @@ def bounded(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def test_the_largest_allowed_request_costs_bounded_memory(bounded: ServerProcess) -> None:
-    before = _rss_peak_kb(bounded)
+    before, resident = _rss_peak_kb(bounded), _rss_peak_kb(bounded, "VmRSS:")
     texts = ["word " * 780] * 2048  # 2048 inputs, 7.99 M characters: just under --max-request-chars
     response = httpx.post(bounded.url + "/v1/embeddings", json={"model": TINY, "input": texts}, timeout=120)
     assert response.status_code == 200 and len(response.json()["data"]) == 2048
     # Tokenization reads a bounded prefix of each text: no multi-GB token arrays (it took RSS to
     # 3.7 GB before); the body itself (16 MB of JSON) and its parse dominate what remains.
     assert _rss_peak_kb(bounded) - before < 600_000
+    # ... and the memory it took is given back (malloc_trim after a large request).
+    deadline = time.monotonic() + 10
+    while _rss_peak_kb(bounded, "VmRSS:") - resident > 100_000:
+        assert time.monotonic() < deadline, "the large request's memory was kept"
+        time.sleep(0.2)
 
 
 def test_more_text_than_a_request_may_hold_is_refused_at_once(bounded: ServerProcess) -> None:

@@ -92,7 +92,8 @@ async def _follow(repository: ModelRepository, every: float) -> None:
 def repository_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         repository = ModelRepository(settings.models, settings.engine_settings())
-        repository.on_load.append(app[METRICS].watch)
+        if settings.metrics:
+            repository.on_load.append(app[METRICS].watch)
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, repository.load)
