@@ -45,6 +45,7 @@ class Settings:
     max_input_chars: int = 100_000
     max_request_chars: int = 8_000_000
     max_images: int = 64
+    max_image_batch: int = 8  # images in one vision-tower call
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_image_frames: int = 100
@@ -75,7 +76,8 @@ class Settings:
                 short_tokens=self.short_tokens,
                 max_queue=self.max_queue,
             ),
-            image_policy=BatchPolicy(mode="batch", max_batch=8, max_batch_tokens=8, max_queue=self.max_queue),
+            image_policy=BatchPolicy(mode="batch", max_batch=self.max_image_batch, max_batch_tokens=self.max_image_batch,
+                                     max_queue=self.max_queue),
             image_limits=ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels,
                                      max_frames=self.max_image_frames, draft=self.image_draft),
             only=tuple(n.strip() for n in self.only_models.split(",") if n.strip()),
@@ -106,7 +108,8 @@ def validate(settings: Settings) -> list[str]:
     if settings.batch_policy not in ("auto", *POLICIES):
         problems.append(f"--batch-policy must be auto or one of {', '.join(POLICIES)}")
     for name in ("port", "max_batch", "max_batch_tokens", "short_tokens", "max_queue", "max_body_bytes",
-                 "max_inputs", "max_input_chars", "max_request_chars", "max_images", "max_image_bytes", "max_image_pixels",
+                 "max_inputs", "max_input_chars", "max_request_chars", "max_images", "max_image_batch",
+                 "max_image_bytes", "max_image_pixels",
                  "max_image_frames"):
         if getattr(settings, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be positive")
