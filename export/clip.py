@@ -22,7 +22,7 @@ from service.engine.manifest import RESAMPLE_FILTERS, Fidelity, Manifest, Manife
 
 from . import clip_onnx, clip_validate, validate
 from .source import SourceError, weights_sha256
-from .steps import (ExportError, Thresholds, check_gate, publish, quantize_text, stage,
+from .steps import (ExportError, Thresholds, check_gate, holds_model, publish, quantize_text, stage,
                     tokenizer_without_fixed_shapes)
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,8 @@ def export_clip(folder: Path, name: str, out_dir: Path, *, recipe: str = DEFAULT
     if vision_recipe not in clip_onnx.VISION_RECIPES:
         raise ExportError(f"unknown vision recipe {vision_recipe!r}; expected one of {sorted(clip_onnx.VISION_RECIPES)}")
     target = out_dir / name
-    if (target / "text.onnx").exists() or (target / "model.onnx").exists():
-        if not force:
-            raise ExportError(f"{target} already holds a model (use --force to replace it)")
+    if holds_model(target) and not force:
+        raise ExportError(f"{target} already holds a model (use --force to replace it)")
     if not (folder / "tokenizer.json").is_file():
         raise SourceError(f"{folder} has no tokenizer.json (a fast tokenizer is required)")
     if not (folder / "preprocessor_config.json").is_file():

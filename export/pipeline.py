@@ -14,8 +14,8 @@ import onnxruntime as ort
 from service.engine.manifest import Fidelity, Manifest
 
 from . import clip, convert, recipes, source as sources, validate
-from .steps import (ExportError, Thresholds, check_gate, publish, quantize_text, stage,  # noqa: F401
-                    tokenizer_without_fixed_shapes)
+from .steps import (ExportError, Thresholds, check_gate, holds_model, publish, quantize_text,  # noqa: F401
+                    stage, tokenizer_without_fixed_shapes)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def export_model(source_spec: str | Path, name: str, out_dir: Path, *, recipe: s
         raise ExportError(refused)
     served = recipes.TARGETS[recipe]
     target = out_dir / name
-    if target.exists() and (target / "manifest.json").exists() and not force:
+    if holds_model(target) and not force:
         raise ExportError(f"{target} already holds a model (use --force to replace it)")
     source = sources.resolve(source_spec)
     if max_tokens:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from service.engine.manifest import Manifest
+from service.engine.manifest import Manifest, ManifestError
 from service.engine.tokenizer import TextTokenizer
 
 from . import recipes, smooth, validate
@@ -124,6 +124,15 @@ def recipe_context(recipe: str, fp32_folder: Path, manifest: Manifest, texts: li
             ranked = sensitivity(fp32_folder, manifest, texts[::3], reference[::3], work)
         return recipes.RecipeContext(sensitive_nodes=tuple(n for n, _ in ranked), keep_fp32=keep_fp32)
     return recipes.RecipeContext(alpha=alpha)
+
+
+def holds_model(folder: Path) -> bool:
+    """A model folder with its graph in place (a tracked manifest alone, as in a fresh clone, is not)."""
+    try:
+        manifest = Manifest.read(folder)
+    except ManifestError:
+        return any(folder.glob("*.onnx")) or any(folder.glob("*.xml"))
+    return (folder / manifest.model_file).exists()
 
 
 def publish(final: Path, target: Path, work: Path) -> None:
