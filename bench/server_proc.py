@@ -68,7 +68,9 @@ class BenchServer:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def start(self, timeout: float = 120.0) -> "BenchServer":
+    def start(self, timeout: float = 120.0, ready_path: str = "/ready") -> "BenchServer":
+        """Starts the process and waits for `ready_path` to answer 200 (`/health` for a server
+        with no model, whose `/ready` stays 503)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # The flags under test are explicit: no ORTEMBED_* setting leaks in from the caller.
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORTEMBED_")}
@@ -82,7 +84,7 @@ class BenchServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server [{self.label}] exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                status, _ = _get(self.port, "/ready", timeout=1.0)
+                status, _ = _get(self.port, ready_path, timeout=1.0)
                 if status == 200:
                     self.ready_seconds = time.perf_counter() - started
                     self.rss_at_ready = self.rss()
@@ -110,6 +112,17 @@ class BenchServer:
             return None
         match = re.search(r"^VmHWM:\s+(\d+) kB", text, re.MULTILINE)
         return int(match.group(1)) * 1024 if match else None
+
+    def thread_names(self) -> dict[str, int]:
+        """The process's threads counted by name (/proc/<pid>/task/*/comm), e.g. ortembed-w0."""
+        counts: dict[str, int] = {}
+        try:
+            for task in Path(f"/proc/{self.pid}/task").iterdir():
+                name = (task / "comm").read_text().strip()
+                counts[name] = counts.get(name, 0) + 1
+        except OSError:
+            pass
+        return counts
 
     def cpu_seconds(self) -> float:
         try:
