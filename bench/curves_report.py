@@ -142,6 +142,11 @@ def _share_section(results: Results) -> list[str]:
         each = [s.get("each_per_second") or [] for s in samples]
         reference = alone["b"] if key.startswith("b_") and alone["b"] else alone["a"]
         ratio = _pair(_by_repeat(results, f"share/{key}", "per_second"), reference) if key != "a_alone" else None
+        if key == "both_busy":  # each model's emb/s over its own alone, summed: 1.0 = the CPUs fully shared
+            ratio = summarize(s["each_per_second"][0] / alone["a"][s["repeat"]] + s["each_per_second"][1]
+                              / (alone["b"] or alone["a"])[s["repeat"]] for s in samples
+                              if len(s.get("each_per_second") or []) == 2 and s["repeat"] in alone["a"]
+                              and s["repeat"] in (alone["b"] or alone["a"]))
         split = " + ".join(_num(summarize(e[i] for e in each if len(e) > i).median) for i in range(max(map(len, each))))
         rows.append([label, _num(median(results, f"share/{key}")), split if key == "both_busy" else "–",
                      ratio.fmt(2) if ratio else "–", _num(median(results, f"share/{key}", "p50_ms"), 1),
@@ -203,7 +208,8 @@ def render(results: Results, pngs: list[Path]) -> str:
     out += ["## CPU budget share of two models", "",
             f"{settings['single_clients']} single-sentence clients per busy model for {settings['share_seconds']} s. "
             "x alone: per repeat, against the same model alone on a one-model server. Threads are counted halfway "
-            "through the load (/proc/<pid>/task).", ""] + _share_section(results) + [""]
+            "through the load (/proc/<pid>/task). For both busy, x alone = A's emb/s / A alone + B's emb/s / B "
+            "alone (1.0: the two models split the machine without loss).", ""] + _share_section(results) + [""]
     errors = [(k, s) for k, samples in results.samples.items() for s in samples if s.get("error") or s.get("first_error")]
     if results.notes or errors:
         out += ["## Notes", ""] + [f"- {n}" for n in results.notes]
