@@ -42,7 +42,7 @@ LARGE_MODEL = "all-mpnet-base-v2"
 LENGTHS = (8, 16, 32, 64, 128, 256, 512)  # 512 only where the manifest's max_tokens allows it
 CLIENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK = {"lengths": (16, 64, 256), "clients": (1, 4, 16, 64), "repeats": 1, "unit_seconds": 0.5,
-         "share_seconds": 1.5, "texts": 128, "batch_clients": 2}
+         "share_seconds": 1.5, "texts": 128, "batch": 16, "batch_clients": 2}
 MAX_INPUTS = 4096  # per measurement
 
 
@@ -193,9 +193,11 @@ class Plan:
         return model
 
     def server(self, label: str, root: Path, folders: list[str], ready_path: str = "/ready") -> BenchServer:
-        server = BenchServer(label, root, ",".join(folders), self.work / "data", self.args.server_args, grpc=False)
+        # A long request deadline: a slow model's queue is measured, not refused (HTTP 429).
+        args = ["--default-timeout", str(self.args.unit_timeout), *self.args.server_args]
+        server = BenchServer(label, root, ",".join(folders), self.work / "data", args, grpc=False)
         server.start(ready_path=ready_path)
-        self.results.servers[label] = {"args": self.args.server_args, "models": folders,
+        self.results.servers[label] = {"args": args, "models": folders,
                                        "first_ready_seconds": server.ready_seconds, "rss_at_ready": server.rss_at_ready,
                                        "threads_at_ready": sum(server.thread_names().values())}
         return server
@@ -204,9 +206,9 @@ class Plan:
         a, dims = self.args, model.files.dimensions
         for length in model.lengths:
             seqs, texts, rate = model.seqs[length], model.inputs[length], model.rate[length]
-            raw_n = _count(rate, a.unit_seconds, 8, 32)
+            raw_n = _count(rate, a.unit_seconds, 8, a.batch)
             batch_n = _count(rate, a.unit_seconds, a.batch, a.batch * a.batch_clients)
-            single_n = _count(rate, a.unit_seconds, a.single_clients, 4 * a.single_clients)
+            single_n = _count(rate, a.unit_seconds, a.single_clients, a.batch)
             base = f"{model.name}/t{length}"
             sweep = BatchSweep(model.engine, seqs[:raw_n], a.batch)
             workers = WorkerSweep(model.engine, seqs[:raw_n], self.cpus, 1)
@@ -288,7 +290,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--unit-seconds", type=float, default=None,
                         help="about how long one measurement runs (default 2.5; quick 0.5)")
     parser.add_argument("--share-seconds", type=float, default=None, help="CPU share load length (default 3)")
-    parser.add_argument("--batch", type=int, default=32, help="inputs per REST request (and raw batch)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="inputs per REST request and raw batch, and the least inputs per measurement "
+                             "(default 32; quick 16)")
     parser.add_argument("--batch-clients", type=int, default=None, help="clients sending batches (default 4; quick 2)")
     parser.add_argument("--single-clients", type=int, default=8,
                         help="concurrent single-input clients of the token curves and of the CPU share load")
@@ -302,7 +306,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "the PNG plots go next to it")
     args = parser.parse_args(argv)
     defaults = {"lengths": list(LENGTHS), "clients": list(CLIENTS), "repeats": 2, "unit_seconds": 2.5,
-                "share_seconds": 3.0, "texts": 0, "batch_clients": 4}
+                "share_seconds": 3.0, "texts": 0, "batch": 32, "batch_clients": 4}
     for key, value in (QUICK if args.quick else defaults).items():
         if getattr(args, key, None) is None:
             setattr(args, key, list(value) if isinstance(value, tuple) else value)

@@ -128,6 +128,16 @@ def _memory_section(results: Results) -> list[str]:
     return _table(["server", "RSS at /ready MB", "over no model MB", "peak under load MB", "threads at ready"], rows)
 
 
+def both_share(results: Results) -> Summary | None:
+    """Both models busy: each one's emb/s over its own alone speed (same repeat), summed; 1.0 =
+    the CPUs split between them without loss."""
+    alone_a = _by_repeat(results, "share/a_alone", "per_second")
+    alone_b = _by_repeat(results, "share/b_alone", "per_second") or alone_a  # B is a copy of A
+    return summarize(s["each_per_second"][0] / alone_a[s["repeat"]] + s["each_per_second"][1] / alone_b[s["repeat"]]
+                     for s in results.samples.get("share/both_busy", [])
+                     if len(s.get("each_per_second") or []) == 2 and s["repeat"] in alone_a and s["repeat"] in alone_b)
+
+
 def _share_section(results: Results) -> list[str]:
     labels = {"a_alone": "A alone (one-model server)", "a_busy_b_idle": "A busy, B idle (two-model server)",
               "b_busy_a_idle": "B busy, A idle (two-model server)", "both_busy": "A and B busy at once (two-model server)",
@@ -141,12 +151,9 @@ def _share_section(results: Results) -> list[str]:
             continue
         each = [s.get("each_per_second") or [] for s in samples]
         reference = alone["b"] if key.startswith("b_") and alone["b"] else alone["a"]
-        ratio = _pair(_by_repeat(results, f"share/{key}", "per_second"), reference) if key != "a_alone" else None
-        if key == "both_busy":  # each model's emb/s over its own alone, summed: 1.0 = the CPUs fully shared
-            ratio = summarize(s["each_per_second"][0] / alone["a"][s["repeat"]] + s["each_per_second"][1]
-                              / (alone["b"] or alone["a"])[s["repeat"]] for s in samples
-                              if len(s.get("each_per_second") or []) == 2 and s["repeat"] in alone["a"]
-                              and s["repeat"] in (alone["b"] or alone["a"]))
+        ratio = _pair(_by_repeat(results, f"share/{key}", "per_second"), reference) if not key.endswith("alone") else None
+        if key == "both_busy":
+            ratio = both_share(results)
         split = " + ".join(_num(summarize(e[i] for e in each if len(e) > i).median) for i in range(max(map(len, each))))
         rows.append([label, _num(median(results, f"share/{key}")), split if key == "both_busy" else "–",
                      ratio.fmt(2) if ratio else "–", _num(median(results, f"share/{key}", "p50_ms"), 1),
@@ -160,6 +167,56 @@ def _share_section(results: Results) -> list[str]:
 
 def _mb(value: object) -> str:
     return f"{value / MB:.0f}" if isinstance(value, (int, float)) and value else "–"
+
+
+def _summary(results: Results, models: list[str]) -> list[str]:
+    """The few numbers a user plans with, pulled from the sections below."""
+    out = []
+    for model in models:
+        lengths = lengths_of(results, model)
+        fitted = slopes(results, model)
+        rates = ", ".join(f"{n} tokens {_rate(median(results, f'rest/{model}/t{n}/batch'))}" for n in lengths)
+        line = f"- **{model}**: REST batches, emb/s at {rates}."
+        if fitted["batch_ms"]:
+            line += f" Each extra 100 tokens per input costs {fitted['batch_ms'][1] * 100:.1f} ms of the machine per embedding"
+        if fitted["single_p50_ms"]:
+            line += f" and adds {fitted['single_p50_ms'][1] * 100:.1f} ms to a single-input request's p50"
+        out.append(line + ".")
+    if len(models) > 1:
+        ratios = [r for n in sorted(set(lengths_of(results, models[0])) & set(lengths_of(results, models[1])))
+                  if (r := paired(results, f"rest/{models[0]}/t{n}/batch", f"rest/{models[1]}/t{n}/batch"))]
+        if ratios:
+            out.append(f"- **Model size**: {models[1]} costs {min(r.median for r in ratios):.1f}-"
+                       f"{max(r.median for r in ratios):.1f}x what {models[0]} costs per embedding (REST batches, "
+                       "over the lengths measured).")
+    clients = clients_of(results, models[0]) if models else []
+    if clients:
+        best = max(clients, key=lambda c: median(results, f"rest/{models[0]}/clients/{c}"))
+        first, last = clients[0], clients[-1]
+        out.append(f"- **Clients** ({models[0]}, corpus sentences): {first} client "
+                   f"{_num(median(results, f'rest/{models[0]}/clients/{first}'), 0)} emb/s at p50 "
+                   f"{_num(median(results, f'rest/{models[0]}/clients/{first}', 'p50_ms'), 1)} ms; the most, "
+                   f"{_num(median(results, f'rest/{models[0]}/clients/{best}'), 0)} emb/s, at {best}; at {last} clients "
+                   f"p50 {_num(median(results, f'rest/{models[0]}/clients/{last}', 'p50_ms'), 0)} ms, "
+                   f"p99 {_num(median(results, f'rest/{models[0]}/clients/{last}', 'p99_ms'), 0)} ms.")
+    none = results.meta.get("rss_no_model")
+    added = [f"{label} +{_mb(info['rss_at_ready'] - none)} MB" for label, info in results.servers.items()
+             if none and info.get("rss_at_ready") and label != "no model"]
+    if added:
+        out.append(f"- **Memory** at ready over a server with no model ({_mb(none)} MB): {', '.join(added)}.")
+    share = both_share(results)
+    if share:
+        out.append(f"- **Two models busy at once** on one server: each model's emb/s over its own alone speed, summed: "
+                   f"{share.fmt(2)} (1.0 = the machine split without loss), with "
+                   f"{_num(median(results, 'share/both_busy', 'worker_threads'), 0)} worker threads "
+                   f"({_num(median(results, 'share/a_alone', 'worker_threads'), 0)} for one model alone) and "
+                   f"{_num(median(results, 'share/both_busy', 'threads'), 0)} threads in all "
+                   f"({_num(median(results, 'share/a_alone', 'threads'), 0)}).")
+    return out
+
+
+def _rate(value: float) -> str:
+    return _num(value, 0 if value >= 10 else 1)
 
 
 def render(results: Results, pngs: list[Path]) -> str:
@@ -187,6 +244,7 @@ def render(results: Results, pngs: list[Path]) -> str:
         rows.append([name, f"{params / 1e6:.1f} M" if params else "–", f"{info['bytes'] / MB:.1f}",
                      str(info["dimensions"]), str(info["max_tokens"]), str(info.get("recipe")),
                      _num(fidelity.get("mean_cosine"), 4), _num(fidelity.get("min_cosine"), 4)])
+    out += ["## In short", ""] + _summary(results, models) + [""]
     out += ["## Models", ""] + _table(["model", "weights (graph)", "file MB", "dims", "max tokens", "recipe",
                                        "fidelity mean cos", "min cos"], rows) + [""]
     for png in pngs:
