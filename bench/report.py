@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from .corpus import shown
 from .runner import Results
 from .stats import Summary, summarize
 
@@ -126,10 +127,10 @@ def render(results: Results) -> str:
     # -- settings --------------------------------------------------------------------------------
     model = meta["model"]
     out += ["## Settings", "",
-            f"- Corpus: `{corpus['path']}`, {corpus['texts']} texts ({corpus['queries']} short queries); tokens "
+            f"- Corpus: `{shown(corpus['path'])}`, {corpus['texts']} texts ({corpus['queries']} short queries); tokens "
             f"median {_num(corpus['tokens_median'], 0)}, p90 {_num(corpus['tokens_p90'], 0)}, max {corpus['tokens_max']} "
             f"(after truncation to {model['max_tokens']}); query tokens median {_num(corpus.get('query_tokens_median'), 0)}",
-            f"- Model: `{model['folder']}` ({model['name']}, {model['recipe']}, {model['bytes'] / MB:.1f} MB, "
+            f"- Model: `{shown(model['folder'])}` ({model['name']}, {model['recipe']}, {model['bytes'] / MB:.1f} MB, "
             f"{model['dimensions']} dims, {model['pooling']} pooling, normalize {model['normalize']})",
             f"- Threads: {settings['cpus']} in total for the raw engine and each server; repeats: {settings['repeats']}",
             f"- Servers: policies {', '.join(settings['policies'])}; extra flags: "
@@ -276,7 +277,7 @@ def render(results: Results) -> str:
     if reference:
         info = meta.get("reference", {})
         out += ["## Reference: sentence-transformers, torch fp32", "",
-                f"`SentenceTransformer('{info.get('folder', '?')}', device='cpu')`, batch 32, "
+                f"`SentenceTransformer('{shown(info.get('folder', '?'))}', device='cpu')`, batch 32, "
                 f"torch threads {info.get('torch_threads', '?')}, max_seq_length {info.get('max_seq_length', '?')}, "
                 "in its own process.", ""]
         rows = [["sentence-transformers fp32", *_cols(reference)]]
