@@ -99,10 +99,21 @@ def _scenario_label(key: str) -> str:
     return f"{transport.upper()} {name}"
 
 
+def machine_lines(meta: dict[str, Any]) -> list[str]:
+    """The report's "Machine" section: CPU and its flags, usable CPUs, load, versions."""
+    cpu = meta["cpu"]
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu["flags"].items())
+    load = cpu.get("load_average")
+    return ["## Machine", "",
+            f"- CPU: {cpu['model']} — {flags}",
+            f"- CPUs usable by the process: {cpu['usable_cpus']} (host: {cpu['host_cpus']})"
+            + (f"; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else ""),
+            "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), ""]
+
+
 def render(results: Results) -> str:
     meta = results.meta
     settings = meta["settings"]
-    cpu = meta["cpu"]
     corpus = meta["corpus"]
     out: list[str] = ["# ortembed benchmark results", ""]
     if meta.get("quick"):
@@ -114,14 +125,7 @@ def render(results: Results) -> str:
             "were taken round-robin (repeat r of every scenario before repeat r+1 of any), and each ratio is",
             "taken between measurements of the same repeat, then summarized over repeats.", ""]
 
-    # -- machine ---------------------------------------------------------------------------------
-    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu["flags"].items())
-    load = cpu.get("load_average")
-    out += ["## Machine", "",
-            f"- CPU: {cpu['model']} — {flags}",
-            f"- CPUs usable by the process: {cpu['usable_cpus']} (host: {cpu['host_cpus']})"
-            + (f"; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else ""),
-            "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), ""]
+    out += machine_lines(meta)
 
     # -- settings --------------------------------------------------------------------------------
     model = meta["model"]
