@@ -1,8 +1,14 @@
 """The process's CPU budget: one pool of worker threads shared by every tower of every model.
 
-Each worker takes the next session call from whichever tower's queue has work (round robin over
-the towers, so one busy model cannot starve another, and an idle model's share goes to the busy
-ones), forms it by that tower's policy (scheduler.py), runs it outside the lock, and loops.
+Each worker takes the next session call from whichever tower's queue has work, forms it by that
+tower's policy (scheduler.py), runs it outside the lock, and loops. Towers share the workers by
+time, not by calls: a free worker takes the tower with work that has had the least worker time
+(its finished calls plus the running ones), so one busy model cannot starve another, and an idle
+model's share goes to the busy ones. Taking calls in turn was not enough: one vision-tower call
+(8 images) costs as much as a hundred short-text calls, so with both workers in image calls a
+text call waited for one to end, then let it take the next image call (bench/images.py measured
+text at a twentieth of its rate while images streamed). A tower that was idle is brought within
+_FAIR_SLACK seconds of the others, so it cannot claim back time it did not want.
 `size` workers x the sessions' intra-op threads = the CPUs the process may use, however many
 models are loaded: nothing is ever oversubscribed.
 
@@ -29,6 +35,8 @@ log = logging.getLogger(__name__)
 # under the limit (about 7 joined calls in a row turn them off; two or three alone turn them on).
 _COMPANY_WEIGHT = 0.1
 _COMPANY_LIMIT = 0.5
+# Worker seconds a tower that had no work may be behind the others when it gets work again.
+_FAIR_SLACK = 0.5
 
 
 def _name_os_thread(name: str) -> None:
@@ -51,6 +59,8 @@ class WorkerPool:
         self._solo_running = False
         self._solo_joined = False
         self._calls_started: dict[int, float] = {}  # worker ident -> monotonic start of its call
+        self._calls_of: dict[int, Scheduler] = {}  # worker ident -> the scheduler of its call
+        self._used: dict[Scheduler, float] = {}  # worker seconds of each scheduler's finished calls
         self._threads: list[threading.Thread] = []
         self._closed = False
 
@@ -76,6 +86,7 @@ class WorkerPool:
         with self.cond:
             if scheduler in self._schedulers:
                 self._schedulers.remove(scheduler)
+            self._used.pop(scheduler, None)
 
     # -- what operators ask ------------------------------------------------------------------
     def longest_call(self) -> float:
@@ -90,14 +101,29 @@ class WorkerPool:
 
     # -- the workers -------------------------------------------------------------------------
     def _next_scheduler(self) -> Scheduler | None:
-        """Lock held: the next scheduler with work, in turn."""
+        """Lock held: of the schedulers with work, the one that has had the least worker time
+        (finished calls and running ones); ties in turn."""
         count = len(self._schedulers)
-        for step in range(count):
-            scheduler = self._schedulers[(self._turn + step) % count]
-            if scheduler.queued:
-                self._turn = (self._turn + step + 1) % count
-                return scheduler
-        return None
+        waiting = [(step, self._schedulers[(self._turn + step) % count]) for step in range(count)]
+        waiting = [(step, scheduler) for step, scheduler in waiting if scheduler.queued]
+        if not waiting:
+            return None
+        if len(waiting) == 1:
+            step, chosen = waiting[0]
+        else:
+            now = time.monotonic()
+            used = {scheduler: self._used.get(scheduler, 0.0) for _, scheduler in waiting}
+            for ident, scheduler in self._calls_of.items():
+                if scheduler in used:
+                    used[scheduler] += now - self._calls_started.get(ident, now)
+            floor = max(used.values()) - _FAIR_SLACK
+            for scheduler, seconds in used.items():
+                if seconds < floor:  # idle for a while: it does not get back what it did not use
+                    self._used[scheduler] = self._used.get(scheduler, 0.0) + floor - seconds
+                    used[scheduler] = floor
+            step, chosen = min(waiting, key=lambda pair: (used[pair[1]], pair[0]))
+        self._turn = (self._turn + step + 1) % count
+        return chosen
 
     def _work(self) -> None:
         _name_os_thread(f"ortembed-w{threading.current_thread().name.rsplit('-', 1)[-1]}")
@@ -121,11 +147,13 @@ class WorkerPool:
                 lone = scheduler.can_run_lone and alone and self._company < _COMPANY_LIMIT
                 self.busy += 1
                 self._calls_started[ident] = time.monotonic()
+                self._calls_of[ident] = scheduler
             try:
                 scheduler.run(call, lone, self._call_ended if alone else self._call_ended_with_company)
             except BaseException:  # noqa: BLE001 - run() resolves its own failures; never lose a worker
                 log.exception("worker %s: unexpected failure", threading.current_thread().name)
                 with self.cond:
+                    self._calls_of.pop(ident, None)
                     if self._calls_started.pop(ident, None) is not None:
                         self.busy -= 1
 
@@ -138,8 +166,12 @@ class WorkerPool:
     def _end(self, alone: bool) -> None:
         """Called by the scheduler as soon as its call returns (before the callers hear back, so
         their next call can run lone)."""
+        ident = threading.get_ident()
         with self.cond:
-            self._calls_started.pop(threading.get_ident(), None)
+            started = self._calls_started.pop(ident, None)
+            scheduler = self._calls_of.pop(ident, None)
+            if scheduler is not None and started is not None:
+                self._used[scheduler] = self._used.get(scheduler, 0.0) + time.monotonic() - started
             self.busy -= 1
             if alone:
                 self._company += _COMPANY_WEIGHT * ((1.0 if self._solo_joined else 0.0) - self._company)
