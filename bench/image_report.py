@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .image_raw import raw_label
 from .image_setup import KINDS
-from .report import _cols, _errors, _mb, _met, _num, _table, _values, limit_key, machine_lines, paired
+from .report import (_cols, _errors, _mb, _met, _num, _table, _values, limit_key, machine_lines, notes_lines,
+                     paired, section)
 from .runner import Results
 from .stats import Summary, summarize
 
@@ -83,13 +84,12 @@ def render(results: Results) -> str:
                  _num(1000 * cpus / s.median if (s := summarize(_values(results, k, "per_second"))) else None, 1),
                  _errors(results, k)]
                 for k in results.samples if k.startswith("raw/")]
-    out += ["## Raw vision tower: a bare onnxruntime session (the limit)", "",
-            "The exported vision graph in a plain `InferenceSession`, on pixel tensors prepared before the clock "
-            "(the server's preprocessing of the 640x480 JPEGs), stacking and L2 normalisation included.", ""]
-    out += _table(["configuration", "img/s median", "min", "max", "core-ms per image", "errors"], raw_rows)
-    if limit_summary:
-        out += ["", f"**Limit: {limit_summary.median:.1f} images/s** ({raw_label(limit, cpus)})."]
-    out.append("")
+    out += section("Raw vision tower: a bare onnxruntime session (the limit)",
+                   "The exported vision graph in a plain `InferenceSession`, on pixel tensors prepared before the "
+                   "clock (the server's preprocessing of the 640x480 JPEGs), stacking and L2 normalisation included.",
+                   ["configuration", "img/s median", "min", "max", "core-ms per image", "errors"], raw_rows,
+                   ["", f"**Limit: {limit_summary.median:.1f} images/s** ({raw_label(limit, cpus)})."]
+                   if limit_summary and limit else [])
 
     # -- decode vs model -------------------------------------------------------------------------
     rows = []
@@ -155,8 +155,8 @@ def render(results: Results) -> str:
                 f"{settings['window']:.0f} s windows on the default server: {text_c} clients sending one query each "
                 f"(OpenAI dialect, text tower) and/or {image_c} clients sending {per_request} 640x480 JPEGs each "
                 "(Elasticsearch dialect, vision tower); both at once in the last rows. Both towers share one "
-                "worker pool that takes calls from the towers' queues in turn (service/engine/workers.py). "
-                "Ratio: with / alone, per repeat.", ""]
+                "worker pool, by worker time (service/engine/workers.py); a running call is never interrupted, "
+                "so a text can wait for an image call to end. Ratio: with / alone, per repeat.", ""]
         out += _table(["load", "per second", "p50 ms", "p99 ms", "ratio to alone"], rows) + [""]
 
     # -- memory ----------------------------------------------------------------------------------
@@ -167,10 +167,5 @@ def render(results: Results) -> str:
             "own peak.", ""]
     out += _table(["server", "start to ready s", "RSS at ready MB", "peak RSS sampled MB", "VmHWM MB"], rows) + [""]
 
-    errors = [(k, s) for k, samples in results.samples.items() for s in samples if s.get("error") or s.get("first_error")]
-    if results.notes or errors:
-        out += ["## Notes", ""]
-        out += [f"- {note}" for note in results.notes]
-        out += [f"- {k} (repeat {s['repeat']}): {s.get('error') or s.get('first_error')}" for k, s in errors[:20]]
-        out.append("")
+    out += notes_lines(results)
     return "\n".join(out)

@@ -219,13 +219,12 @@ def render(results: Results) -> str:
             pad = padding.get(key.split("/")[2]) if key.startswith("raw/batch/") else padding.get(key.split("/")[2], 1.0)
             raw_rows.append([_raw_label(key, results) + (" **(limit)**" if key == limit else ""), *_cols(summary),
                              _num(pad, 2), _errors(results, key)])
-        out += ["## Raw engine: bare onnxruntime session (the limit)", "",
-                "The served `model.onnx` in a plain `InferenceSession`, pre-tokenized, mean pooling and "
-                "normalization in numpy included. Padding = computed tokens / real tokens.", ""]
-        out += _table(["configuration", "emb/s median", "min", "max", "padding", "errors"], raw_rows)
-        if limit_summary:
-            out += ["", f"**Limit: {limit_summary.median:.1f} emb/s** ({_raw_label(limit, results)})."]
-        out.append("")
+        out += section("Raw engine: bare onnxruntime session (the limit)",
+                       "The served `model.onnx` in a plain `InferenceSession`, pre-tokenized, mean pooling and "
+                       "normalization in numpy included. Padding = computed tokens / real tokens.",
+                       ["configuration", "emb/s median", "min", "max", "padding", "errors"], raw_rows,
+                       ["", f"**Limit: {limit_summary.median:.1f} emb/s** ({_raw_label(limit, results)})."]
+                       if limit_summary else [])
 
     # -- servers ---------------------------------------------------------------------------------
     server_keys = [k for k in results.samples if k.startswith(("rest/", "grpc/")) and not _is_latency(results, k)]
@@ -307,14 +306,23 @@ def render(results: Results) -> str:
         out += _table(["server", "start to ready s", "RSS at ready MB", "peak RSS sampled MB", "peak RSS VmHWM MB"],
                       rows) + [""]
 
-    # -- notes -----------------------------------------------------------------------------------
-    errors = [(k, s) for k, samples in results.samples.items() for s in samples if s.get("error") or s.get("first_error")]
-    if results.notes or errors:
-        out += ["## Notes", ""]
-        out += [f"- {note}" for note in results.notes]
-        out += [f"- {k} (repeat {s['repeat']}): {s.get('error') or s.get('first_error')}" for k, s in errors[:20]]
-        out.append("")
+    out += notes_lines(results)
     return "\n".join(out)
+
+
+def section(title: str, intro: str, header: list[str], rows: list[list[str]], after: list[str]) -> list[str]:
+    """A report section: title, one paragraph, a table, what follows it."""
+    return [f"## {title}", "", intro, ""] + _table(header, rows) + after + [""]
+
+
+def notes_lines(results: Results) -> list[str]:
+    """The "Notes" section: the run's notes and the first errors of its samples (none: nothing)."""
+    errors = [(k, s) for k, samples in results.samples.items() for s in samples if s.get("error") or s.get("first_error")]
+    if not (results.notes or errors):
+        return []
+    return (["## Notes", ""] + [f"- {note}" for note in results.notes]
+            + [f"- {k} (repeat {s['repeat']}): {s.get('error') or s.get('first_error')}" for k, s in errors[:20]]
+            + [""])
 
 
 def _is_latency(results: Results, key: str) -> bool:
