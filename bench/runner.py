@@ -168,7 +168,9 @@ def run_repeats(units: list[Unit], repeats: int, results: Results, unit: str = "
             results.add(one.key, repeat + 1, sample)
             shown = (f"{sample['per_second']:.1f} {unit}" if "per_second" in sample and "p50_ms" not in sample
                      else f"p50 {sample['p50_ms']:.2f} ms p99 {sample['p99_ms']:.2f} ms" if "p50_ms" in sample
-                     else f"{sample.get('seconds', float('nan')):.2f} s" if "seconds" in sample else "")
+                     else f"{sample['ms_per_image']:.2f} ms per image" if "ms_per_image" in sample
+                     else ", ".join(f"{k} {v:.1f}" for k, v in sample.items() if k.endswith("_per_second"))
+                     or (f"{sample['seconds']:.2f} s" if "seconds" in sample else ""))
             log(f"[{done}/{total}] repeat {repeat + 1} {one.key}: {shown} ({time.perf_counter() - started:.1f} s)")
     results.meta["run_seconds"] = time.perf_counter() - run_started
 
