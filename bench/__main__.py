@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shlex
 import sys
@@ -146,10 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(dataclasses.asdict(results), indent=1, default=runner.json_default))
+    json_path.write_text(json.dumps(dataclasses.asdict(results), indent=1, default=_json_default))
     print(text)
     print(f"\nwrote {out} and {json_path}", file=sys.stderr)
     return 0
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
 
 
 if __name__ == "__main__":

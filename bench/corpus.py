@@ -1,4 +1,4 @@
-"""The benchmark corpus: /work/shared/data/corpus.jsonl (JSON lines with "text" and "kind")."""
+"""The benchmark corpus: ../shared/data/corpus.jsonl beside the repository (JSON lines with "text" and "kind")."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,18 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = REPO_ROOT.parent / "shared" / "data" / "corpus.jsonl"
+
+
+def shown(path: object) -> str:
+    """A path as a report may print it: relative to the repository (or to site-packages), never
+    a path of the machine that ran the benchmark."""
+    text = str(path)
+    resolved = Path(text).resolve()
+    for base, prefix in ((REPO_ROOT, ""), (REPO_ROOT.parent / "shared", "../shared/")):
+        if resolved.is_relative_to(base):
+            return prefix + str(resolved.relative_to(base))
+    marker = "site-packages/"
+    return text[text.index(marker):] if marker in text else Path(text).name
 
 
 class CorpusError(SystemExit):

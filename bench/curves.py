@@ -34,7 +34,8 @@ from .corpus import DEFAULT_CORPUS, REPO_ROOT, Corpus, load_corpus
 from .load import LoadResult
 from .machine import cpu_info, versions
 from .raw import BatchSweep, ModelFiles, RawEngine, Seq, WorkerSweep
-from .runner import Results, Unit, _server_unit, json_default, log, take_repeats
+from .__main__ import _json_default
+from .runner import Results, Unit, _server_unit, log, run_repeats
 from .server_proc import BenchServer, RssSampler
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             sampler.servers.extend(plan.servers)
             log(f"plan: {len(plan.units)} measurements x {args.repeats} repeat(s), expected "
                 f"~{plan.expected * args.repeats / 60:.1f} min")
-            take_repeats(plan.units, args.repeats, results)
+            run_repeats(plan.units, args.repeats, results)
         finally:
             sampler.stop()
             for server in plan.servers:
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(text)
     json_path = REPO_ROOT / "bench" / "out" / f"curves-{stamp}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(dataclasses.asdict(results), indent=1, default=json_default))
+    json_path.write_text(json.dumps(dataclasses.asdict(results), indent=1, default=_json_default))
     print(text)
     print(f"\nwrote {out}, {', '.join(str(p) for p in pngs)} and {json_path}", file=sys.stderr)
     return 0

@@ -26,6 +26,9 @@ from .server_proc import HOST
 _SKIP_SERVICES = ("grpc.health.", "grpc.reflection.")
 _MODEL_FIELDS = ("model", "model_id", "inference_id", "endpoint", "endpoint_id", "name")
 _F = _d.FieldDescriptor
+# Image requests are larger than gRPC's 4 MB default message size.
+_CHANNEL_OPTIONS = [("grpc.max_send_message_length", 256 * 1024 * 1024),
+                    ("grpc.max_receive_message_length", 256 * 1024 * 1024)]
 
 
 class GrpcUnavailable(RuntimeError):
@@ -42,16 +45,19 @@ class EmbedCall:
     text_field: str | None  # set when inputs are messages: the sub-message's text field
     description: str
 
-    def request(self, model: str, texts: Sequence[str]) -> bytes:
+    def request(self, model: str, texts: Sequence[str] | Sequence[bytes], field: str | None = None) -> bytes:
+        """A serialized request; `field` names the input message's field to fill (e.g. "image" for raw
+        image bytes), by default the text field found."""
         message = self.request_class()
         if self.model_field:
             setattr(message, self.model_field, model)
         target = getattr(message, self.input_field.name)
-        if self.text_field is None:
+        field = field or self.text_field
+        if field is None:
             target.extend(texts)
         else:
             for text in texts:
-                setattr(target.add(), self.text_field, text)
+                setattr(target.add(), field, text)
         return message.SerializeToString()
 
     def count(self, raw: bytes, dims: int) -> int:
@@ -177,7 +183,13 @@ def probe(port: int, model: str, dims: int, timeout: float = 5.0) -> EmbedCall:
 async def _run(port: int, call: EmbedCall, model: str, groups: Sequence[Sequence[str]], clients: int, dims: int,
                time_limit: float, record_latency: bool) -> LoadResult:
     payloads = [(call.request(model, group), len(group)) for group in groups]
-    async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
+    return await payload_load(port, call, payloads, clients, dims, time_limit, record_latency)
+
+
+async def payload_load(port: int, call: EmbedCall, payloads: Sequence[tuple[bytes, int]], clients: int, dims: int,
+                       time_limit: float, record_latency: bool = False) -> LoadResult:
+    """Closed-loop unary calls with ready serialized requests (request, vectors expected)."""
+    async with grpc.aio.insecure_channel(f"{HOST}:{port}", options=_CHANNEL_OPTIONS) as channel:
         await channel.channel_ready()
         method = channel.unary_unary(call.path)
 

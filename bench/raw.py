@@ -107,6 +107,19 @@ def padded_feeds(seqs: Sequence[Seq], names: Sequence[str]) -> tuple[dict[str, n
     return {n: available[n] for n in names}, lengths
 
 
+def bare_session(model: Path, intra: int) -> ort.InferenceSession:
+    """A plain CPU InferenceSession with `intra` intra-op threads, set up as the server's."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # As the server: spin only when one caller owns every core.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if intra > 1 else "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 class RawEngine:
     """One tokenizer, sessions per intra-op thread count (created lazily, reused)."""
 
@@ -121,16 +134,7 @@ class RawEngine:
 
     def session(self, intra: int) -> ort.InferenceSession:
         if intra not in self._sessions:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = intra
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # As the server: spin only when one caller owns every core.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if intra > 1 else "0")
-            options.log_severity_level = 3
-            session = ort.InferenceSession(str(self.files.model), sess_options=options,
-                                           providers=["CPUExecutionProvider"])
+            session = bare_session(self.files.model, intra)
             names = {i.name for i in session.get_inputs()}
             self._feeds = tuple(n for n in _FEEDS if n in names)
             self._sessions[intra] = session

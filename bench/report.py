@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from .corpus import shown
 from .runner import Results
 from .stats import Summary, summarize
 
@@ -99,10 +100,21 @@ def _scenario_label(key: str) -> str:
     return f"{transport.upper()} {name}"
 
 
+def machine_lines(meta: dict[str, Any]) -> list[str]:
+    """The report's "Machine" section: CPU and its flags, usable CPUs, load, versions."""
+    cpu = meta["cpu"]
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu["flags"].items())
+    load = cpu.get("load_average")
+    return ["## Machine", "",
+            f"- CPU: {cpu['model']} — {flags}",
+            f"- CPUs usable by the process: {cpu['usable_cpus']} (host: {cpu['host_cpus']})"
+            + (f"; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else ""),
+            "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), ""]
+
+
 def render(results: Results) -> str:
     meta = results.meta
     settings = meta["settings"]
-    cpu = meta["cpu"]
     corpus = meta["corpus"]
     out: list[str] = ["# ortembed benchmark results", ""]
     if meta.get("quick"):
@@ -114,22 +126,15 @@ def render(results: Results) -> str:
             "were taken round-robin (repeat r of every scenario before repeat r+1 of any), and each ratio is",
             "taken between measurements of the same repeat, then summarized over repeats.", ""]
 
-    # -- machine ---------------------------------------------------------------------------------
-    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu["flags"].items())
-    load = cpu.get("load_average")
-    out += ["## Machine", "",
-            f"- CPU: {cpu['model']} — {flags}",
-            f"- CPUs usable by the process: {cpu['usable_cpus']} (host: {cpu['host_cpus']})"
-            + (f"; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else ""),
-            "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), ""]
+    out += machine_lines(meta)
 
     # -- settings --------------------------------------------------------------------------------
     model = meta["model"]
     out += ["## Settings", "",
-            f"- Corpus: `{corpus['path']}`, {corpus['texts']} texts ({corpus['queries']} short queries); tokens "
+            f"- Corpus: `{shown(corpus['path'])}`, {corpus['texts']} texts ({corpus['queries']} short queries); tokens "
             f"median {_num(corpus['tokens_median'], 0)}, p90 {_num(corpus['tokens_p90'], 0)}, max {corpus['tokens_max']} "
             f"(after truncation to {model['max_tokens']}); query tokens median {_num(corpus.get('query_tokens_median'), 0)}",
-            f"- Model: `{model['folder']}` ({model['name']}, {model['recipe']}, {model['bytes'] / MB:.1f} MB, "
+            f"- Model: `{shown(model['folder'])}` ({model['name']}, {model['recipe']}, {model['bytes'] / MB:.1f} MB, "
             f"{model['dimensions']} dims, {model['pooling']} pooling, normalize {model['normalize']})",
             f"- Threads: {settings['cpus']} in total for the raw engine and each server; repeats: {settings['repeats']}",
             f"- Servers: policies {', '.join(settings['policies'])}; extra flags: "
@@ -215,13 +220,12 @@ def render(results: Results) -> str:
             pad = padding.get(key.split("/")[2]) if key.startswith("raw/batch/") else padding.get(key.split("/")[2], 1.0)
             raw_rows.append([_raw_label(key, results) + (" **(limit)**" if key == limit else ""), *_cols(summary),
                              _num(pad, 2), _errors(results, key)])
-        out += ["## Raw engine: bare onnxruntime session (the limit)", "",
-                "The served `model.onnx` in a plain `InferenceSession`, pre-tokenized, mean pooling and "
-                "normalization in numpy included. Padding = computed tokens / real tokens.", ""]
-        out += _table(["configuration", "emb/s median", "min", "max", "padding", "errors"], raw_rows)
-        if limit_summary:
-            out += ["", f"**Limit: {limit_summary.median:.1f} emb/s** ({_raw_label(limit, results)})."]
-        out.append("")
+        out += section("Raw engine: bare onnxruntime session (the limit)",
+                       "The served `model.onnx` in a plain `InferenceSession`, pre-tokenized, mean pooling and "
+                       "normalization in numpy included. Padding = computed tokens / real tokens.",
+                       ["configuration", "emb/s median", "min", "max", "padding", "errors"], raw_rows,
+                       ["", f"**Limit: {limit_summary.median:.1f} emb/s** ({_raw_label(limit, results)})."]
+                       if limit_summary else [])
 
     # -- servers ---------------------------------------------------------------------------------
     server_keys = [k for k in results.samples if k.startswith(("rest/", "grpc/")) and not _is_latency(results, k)]
@@ -276,7 +280,7 @@ def render(results: Results) -> str:
     if reference:
         info = meta.get("reference", {})
         out += ["## Reference: sentence-transformers, torch fp32", "",
-                f"`SentenceTransformer('{info.get('folder', '?')}', device='cpu')`, batch 32, "
+                f"`SentenceTransformer('{shown(info.get('folder', '?'))}', device='cpu')`, batch 32, "
                 f"torch threads {info.get('torch_threads', '?')}, max_seq_length {info.get('max_seq_length', '?')}, "
                 "in its own process.", ""]
         rows = [["sentence-transformers fp32", *_cols(reference)]]
@@ -303,14 +307,23 @@ def render(results: Results) -> str:
         out += _table(["server", "start to ready s", "RSS at ready MB", "peak RSS sampled MB", "peak RSS VmHWM MB"],
                       rows) + [""]
 
-    # -- notes -----------------------------------------------------------------------------------
-    errors = [(k, s) for k, samples in results.samples.items() for s in samples if s.get("error") or s.get("first_error")]
-    if results.notes or errors:
-        out += ["## Notes", ""]
-        out += [f"- {note}" for note in results.notes]
-        out += [f"- {k} (repeat {s['repeat']}): {s.get('error') or s.get('first_error')}" for k, s in errors[:20]]
-        out.append("")
+    out += notes_lines(results)
     return "\n".join(out)
+
+
+def section(title: str, intro: str, header: list[str], rows: list[list[str]], after: list[str]) -> list[str]:
+    """A report section: title, one paragraph, a table, what follows it."""
+    return [f"## {title}", "", intro, ""] + _table(header, rows) + after + [""]
+
+
+def notes_lines(results: Results) -> list[str]:
+    """The "Notes" section: the run's notes and the first errors of its samples (none: nothing)."""
+    errors = [(k, s) for k, samples in results.samples.items() for s in samples if s.get("error") or s.get("first_error")]
+    if not (results.notes or errors):
+        return []
+    return (["## Notes", ""] + [f"- {note}" for note in results.notes]
+            + [f"- {k} (repeat {s['repeat']}): {s.get('error') or s.get('first_error')}" for k, s in errors[:20]]
+            + [""])
 
 
 def _is_latency(results: Results, key: str) -> bool:

@@ -22,8 +22,15 @@ def _payloads(model: str, groups: Sequence[Sequence[str]]) -> list[tuple[bytes, 
 
 async def _run(port: int, model: str, groups: Sequence[Sequence[str]], clients: int, dims: int,
                time_limit: float, record_latency: bool) -> LoadResult:
-    url = f"http://{HOST}:{port}/v1/embeddings"
-    payloads = _payloads(model, groups)
+    return await post_load(port, "/v1/embeddings", _payloads(model, groups), clients, dims, time_limit,
+                           record_latency)
+
+
+async def post_load(port: int, path: str, payloads: Sequence[tuple[bytes, int]], clients: int, dims: int,
+                    time_limit: float, record_latency: bool = False, key: str = "data") -> LoadResult:
+    """Closed-loop POSTs of ready JSON bodies (body, vectors expected); `key` names the response's
+    list of {"embedding": [...]} objects ("data" for OpenAI, "embeddings" for Elasticsearch)."""
+    url = f"http://{HOST}:{port}{path}"
     connector = aiohttp.TCPConnector(limit=clients, limit_per_host=clients)
     timeout = aiohttp.ClientTimeout(total=120)
     headers = {"Content-Type": "application/json"}
@@ -40,7 +47,7 @@ async def _run(port: int, model: str, groups: Sequence[Sequence[str]], clients: 
                 raw = await response.read()
                 if response.status != 200:
                     raise EmbeddingError(f"HTTP {response.status}: {raw[:200]!r}")
-            data = orjson.loads(raw)["data"]
+            data = orjson.loads(raw)[key]
             if len(data) != count or len(data[0]["embedding"]) != dims:
                 raise EmbeddingError(f"expected {count} vectors of {dims}, got {len(data)}")
             return count

@@ -108,7 +108,7 @@ def _server_unit(server: BenchServer, measure: Callable[[], Any], cpus: int) -> 
         "server_cores": (cpu_after - cpu_before) / result.seconds if result.seconds else math.nan,
         "client_cores": result.client_cpu_seconds / result.seconds if result.seconds else math.nan,
     }
-    calls = delta.get("calls_total", delta.get("session_calls_total", 0.0))  # renamed: ortembed_calls_total
+    calls = delta.get("calls_total", 0.0)  # ortembed_calls_total in /metrics
     if calls:
         sample["seqs_per_call"] = delta.get("sequences_total", 0.0) / calls
     if delta.get("tokens_total"):
@@ -148,9 +148,8 @@ def interleave(units: list[Unit]) -> list[Unit]:
     return merged
 
 
-def take_repeats(units: list[Unit], repeats: int, results: Results) -> None:
-    """Every unit once per repeat, groups interleaved and the order rotated from one repeat to
-    the next; a failing unit is recorded as an error sample and the run goes on."""
+def run_repeats(units: list[Unit], repeats: int, results: Results, unit: str = "emb/s") -> None:
+    """Every unit once per repeat, groups interleaved, the order rotated from repeat to repeat."""
     units = interleave(units)
     results.meta["unit_order"] = [u.key for u in units]
     total = len(units) * repeats
@@ -158,30 +157,22 @@ def take_repeats(units: list[Unit], repeats: int, results: Results) -> None:
     run_started = time.perf_counter()
     for repeat in range(repeats):
         shift = (repeat * len(units) // max(1, repeats)) if units else 0
-        for unit in units[shift:] + units[:shift]:
+        for one in units[shift:] + units[:shift]:
             done += 1
             started = time.perf_counter()
             try:
-                sample = unit.run()
+                sample = one.run()
             except Exception as exc:  # noqa: BLE001 - one broken scenario must not end the run
                 sample = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-                log(f"{unit.key}: FAILED {sample['error']}")
-            results.add(unit.key, repeat + 1, sample)
-            shown = " ".join(part for part in (
-                f"{sample['per_second']:.1f} emb/s" if "per_second" in sample else "",
-                f"p50 {sample['p50_ms']:.2f} ms p99 {sample['p99_ms']:.2f} ms" if "p50_ms" in sample else "",
-                f"{sample['seconds']:.2f} s" if "seconds" in sample and "per_second" not in sample else "") if part)
-            log(f"[{done}/{total}] repeat {repeat + 1} {unit.key}: {shown} ({time.perf_counter() - started:.1f} s)")
+                log(f"{one.key}: FAILED {sample['error']}")
+            results.add(one.key, repeat + 1, sample)
+            shown = (f"{sample['per_second']:.1f} {unit}" if "per_second" in sample and "p50_ms" not in sample
+                     else f"p50 {sample['p50_ms']:.2f} ms p99 {sample['p99_ms']:.2f} ms" if "p50_ms" in sample
+                     else f"{sample['ms_per_image']:.2f} ms per image" if "ms_per_image" in sample
+                     else ", ".join(f"{k} {v:.1f}" for k, v in sample.items() if k.endswith("_per_second"))
+                     or (f"{sample['seconds']:.2f} s" if "seconds" in sample else ""))
+            log(f"[{done}/{total}] repeat {repeat + 1} {one.key}: {shown} ({time.perf_counter() - started:.1f} s)")
     results.meta["run_seconds"] = time.perf_counter() - run_started
-
-
-def json_default(value: object) -> object:
-    """json.dumps(..., default=json_default): NaN as null, sets and tuples as lists, the rest as text."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    return str(value)
 
 
 def run(options: Options) -> Results:
@@ -367,7 +358,7 @@ def run(options: Options) -> Results:
             units.append(Unit("startup", measure_startup))
 
         # -- the repeats, round-robin ------------------------------------------------------------
-        take_repeats(units, options.repeats, results)
+        run_repeats(units, options.repeats, results)
     finally:
         sampler.stop()
         for server in servers:

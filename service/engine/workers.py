@@ -1,8 +1,12 @@
 """The process's CPU budget: one pool of worker threads shared by every tower of every model.
 
-Each worker takes the next session call from whichever tower's queue has work (round robin over
-the towers, so one busy model cannot starve another, and an idle model's share goes to the busy
-ones), forms it by that tower's policy (scheduler.py), runs it outside the lock, and loops.
+Each worker takes the next session call from whichever tower's queue has work, forms it by that
+tower's policy (scheduler.py), runs it outside the lock, and loops. Towers with work share the
+workers by time, not by calls: the next call goes to the waiting tower that has used the least
+worker time (a vision call of 8 images runs ~40x as long as a short text call; taking turns by
+calls would give text a few percent of the CPUs while images stream). A tower that was idle does
+not bank its unused share: it re-enters at most _IDLE_CREDIT seconds behind the others. So one
+busy model cannot starve another, and an idle model's share goes to the busy ones.
 `size` workers x the sessions' intra-op threads = the CPUs the process may use, however many
 models are loaded: nothing is ever oversubscribed.
 
@@ -29,6 +33,9 @@ log = logging.getLogger(__name__)
 # under the limit (about 7 joined calls in a row turn them off; two or three alone turn them on).
 _COMPANY_WEIGHT = 0.1
 _COMPANY_LIMIT = 0.5
+# Worker seconds a tower coming back from idle may be behind the busiest: enough to win the next
+# call at once, never enough to hold the workers for long.
+_IDLE_CREDIT = 0.05
 
 
 def _name_os_thread(name: str) -> None:
@@ -46,11 +53,15 @@ class WorkerPool:
         self.cond = threading.Condition()  # guards every attached scheduler's queue too
         self._schedulers: list[Scheduler] = []
         self._turn = 0
+        self._used: dict[int, float] = {}  # id(scheduler) -> worker seconds used (the fairness clock)
+        self._typical: dict[int, float] = {}  # id(scheduler) -> moving average of its call seconds
+        self._clock = 0.0  # worker seconds of the last tower chosen
         self.busy = 0
         self._company = 0.0
         self._solo_running = False
         self._solo_joined = False
-        self._calls_started: dict[int, float] = {}  # worker ident -> monotonic start of its call
+        # worker ident -> (monotonic start of its call, seconds charged to its tower when it started)
+        self._calls_started: dict[int, tuple[float, float]] = {}
         self._threads: list[threading.Thread] = []
         self._closed = False
 
@@ -76,12 +87,14 @@ class WorkerPool:
         with self.cond:
             if scheduler in self._schedulers:
                 self._schedulers.remove(scheduler)
+            self._used.pop(id(scheduler), None)
+            self._typical.pop(id(scheduler), None)
 
     # -- what operators ask ------------------------------------------------------------------
     def longest_call(self) -> float:
         """Seconds the oldest running session call has been running (0 when idle): a stuck
         worker shows here."""
-        started = list(self._calls_started.values())
+        started = [start for start, _ in list(self._calls_started.values())]
         return time.monotonic() - min(started) if started else 0.0
 
     @property
@@ -90,14 +103,21 @@ class WorkerPool:
 
     # -- the workers -------------------------------------------------------------------------
     def _next_scheduler(self) -> Scheduler | None:
-        """Lock held: the next scheduler with work, in turn."""
+        """Lock held: the tower with work that has used the least worker time (ties: in turn)."""
         count = len(self._schedulers)
+        chosen, least = None, float("inf")
+        floor = self._clock - _IDLE_CREDIT
         for step in range(count):
             scheduler = self._schedulers[(self._turn + step) % count]
-            if scheduler.queued:
-                self._turn = (self._turn + step + 1) % count
-                return scheduler
-        return None
+            if not scheduler.queued:
+                continue
+            used = self._used[id(scheduler)] = max(self._used.get(id(scheduler), floor), floor)
+            if used < least:
+                chosen, least = scheduler, used
+        if chosen is not None:
+            self._turn = (self._schedulers.index(chosen) + 1) % count
+            self._clock = max(self._clock, least)
+        return chosen
 
     def _work(self) -> None:
         _name_os_thread(f"ortembed-w{threading.current_thread().name.rsplit('-', 1)[-1]}")
@@ -120,26 +140,29 @@ class WorkerPool:
                     self._solo_joined = True
                 lone = scheduler.can_run_lone and alone and self._company < _COMPANY_LIMIT
                 self.busy += 1
-                self._calls_started[ident] = time.monotonic()
+                # Charged now, as long as its tower's calls usually take, and settled when it ends:
+                # the other worker, choosing next, sees this call's cost already.
+                charged = self._typical.get(id(scheduler), 0.0)
+                self._used[id(scheduler)] = self._used.get(id(scheduler), self._clock) + charged
+                self._calls_started[ident] = (time.monotonic(), charged)
             try:
-                scheduler.run(call, lone, self._call_ended if alone else self._call_ended_with_company)
+                scheduler.run(call, lone, lambda s=scheduler, a=alone: self._end(s, a))
             except BaseException:  # noqa: BLE001 - run() resolves its own failures; never lose a worker
                 log.exception("worker %s: unexpected failure", threading.current_thread().name)
                 with self.cond:
                     if self._calls_started.pop(ident, None) is not None:
                         self.busy -= 1
 
-    def _call_ended(self) -> None:
-        self._end(alone=True)
-
-    def _call_ended_with_company(self) -> None:
-        self._end(alone=False)
-
-    def _end(self, alone: bool) -> None:
+    def _end(self, scheduler: Scheduler, alone: bool) -> None:
         """Called by the scheduler as soon as its call returns (before the callers hear back, so
         their next call can run lone)."""
         with self.cond:
-            self._calls_started.pop(threading.get_ident(), None)
+            started = self._calls_started.pop(threading.get_ident(), None)
+            if started is not None and id(scheduler) in self._used:
+                seconds = time.monotonic() - started[0]
+                self._used[id(scheduler)] += seconds - started[1]
+                typical = self._typical.get(id(scheduler), seconds)
+                self._typical[id(scheduler)] = typical + 0.2 * (seconds - typical)
             self.busy -= 1
             if alone:
                 self._company += _COMPANY_WEIGHT * ((1.0 if self._solo_joined else 0.0) - self._company)
