@@ -143,14 +143,18 @@ def main(argv: list[str] | None = None) -> int:
         command="python -m bench " + shlex.join(argv) if argv else "python -m bench",
     )
     results = runner.run(options)
-    text = report.render(results)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    save(results, report.render(results), out, json_path)
+    return 0
+
+
+def save(results: object, text: str, out: Path, json_path: Path, also: str = "") -> None:
+    """The report to `out`, every sample (a dataclass) as JSON to `json_path`; both named on stderr."""
+    for path in (out, json_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(dataclasses.asdict(results), indent=1, default=_json_default))
     print(text)
-    print(f"\nwrote {out} and {json_path}", file=sys.stderr)
-    return 0
+    print(f"\nwrote {out}{also} and {json_path}", file=sys.stderr)
 
 
 def _json_default(value: object) -> object:

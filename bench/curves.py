@@ -12,7 +12,6 @@ round-robin (bench/runner.py), ratios between measurements of the same repeat.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import shlex
@@ -34,7 +33,7 @@ from .corpus import DEFAULT_CORPUS, REPO_ROOT, Corpus, load_corpus
 from .load import LoadResult
 from .machine import cpu_info, versions
 from .raw import BatchSweep, ModelFiles, RawEngine, Seq, WorkerSweep
-from .__main__ import _json_default
+from .__main__ import save
 from .runner import Results, Unit, _server_unit, log, run_repeats
 from .server_proc import BenchServer, RssSampler
 
@@ -347,13 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             results.meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     pngs = plots.plot_all(results, out.parent)
     text = curves_report.render(results, [p.relative_to(out.parent) for p in pngs])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    json_path = REPO_ROOT / "bench" / "out" / f"curves-{stamp}.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(dataclasses.asdict(results), indent=1, default=_json_default))
-    print(text)
-    print(f"\nwrote {out}, {', '.join(str(p) for p in pngs)} and {json_path}", file=sys.stderr)
+    save(results, text, out, REPO_ROOT / "bench" / "out" / f"curves-{stamp}.json",
+         "".join(f", {p}" for p in pngs))
     return 0
 
 

@@ -11,8 +11,6 @@ stream, and the server's RSS. See bench/README.md ("Images").
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import shlex
 import shutil
@@ -22,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .__main__ import _Formatter, _ints, _json_default
+from .__main__ import _Formatter, _ints, save
 from .corpus import DEFAULT_CORPUS, REPO_ROOT
 
 SERVED = [  # (transport, kind, images per request, clients, server)
@@ -199,12 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(results)
     out = args.out or REPO_ROOT / "bench" / ("out/RESULTS-images-quick.md" if args.quick else "RESULTS-images.md")
     json_path = args.json or REPO_ROOT / "bench" / "out" / f"images-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    for path in (out, json_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    json_path.write_text(json.dumps(dataclasses.asdict(results), indent=1, default=_json_default))
-    print(text)
-    print(f"\nwrote {out} and {json_path}", file=sys.stderr)
+    save(results, text, out, json_path)
     return 0
 
 
