@@ -41,8 +41,9 @@ DEFAULT_MODEL = "all-minilm-l6-v2"
 LARGE_MODEL = "all-mpnet-base-v2"
 LENGTHS = (8, 16, 32, 64, 128, 256, 512)  # 512 only where the manifest's max_tokens allows it
 CLIENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-QUICK = {"lengths": (16, 64, 256), "clients": (1, 4, 16, 64), "repeats": 1, "unit_seconds": 0.5,
-         "share_seconds": 1.5, "texts": 128, "batch": 16, "batch_clients": 2}
+LARGE_LENGTHS = (16, 64, 256)  # the larger model: ~10x the cost, so fewer points
+QUICK = {"lengths": (16, 64, 256), "large_lengths": LARGE_LENGTHS, "clients": (1, 4, 16, 64), "repeats": 1,
+         "unit_seconds": 0.5, "share_seconds": 1.5, "texts": 128, "batch": 16}
 MAX_INPUTS = 4096  # per measurement
 
 
@@ -172,10 +173,10 @@ class Plan:
         self.source = " ".join(corpus.texts)
 
     # -- preparation (not timed) ----------------------------------------------------------------
-    def model(self, folder: Path) -> CurveModel:
+    def model(self, folder: Path, lengths: list[int]) -> CurveModel:
         files = ModelFiles.read(folder)
         engine = RawEngine(files, self.cpus)
-        lengths = [n for n in self.args.lengths if n <= files.max_tokens]
+        lengths = [n for n in lengths if n <= files.max_tokens]
         model = CurveModel(files, engine, lengths)
         tokenizer = Tokenizer.from_file(str(files.tokenizer))
         tokenizer.no_truncation()
@@ -206,9 +207,9 @@ class Plan:
         a, dims = self.args, model.files.dimensions
         for length in model.lengths:
             seqs, texts, rate = model.seqs[length], model.inputs[length], model.rate[length]
-            raw_n = _count(rate, a.unit_seconds, 8, a.batch)
+            raw_n = _count(rate, a.unit_seconds, 8, 16)
             batch_n = _count(rate, a.unit_seconds, a.batch, a.batch * a.batch_clients)
-            single_n = _count(rate, a.unit_seconds, a.single_clients, a.batch)
+            single_n = _count(rate, a.unit_seconds, a.single_clients, 2 * a.single_clients)
             base = f"{model.name}/t{length}"
             sweep = BatchSweep(model.engine, seqs[:raw_n], a.batch)
             workers = WorkerSweep(model.engine, seqs[:raw_n], self.cpus, 1)
@@ -248,9 +249,9 @@ class Plan:
             self.expected += seconds + 0.5
 
     def prepare(self) -> None:
-        a = self.model(self.args.model_dir)
+        a = self.model(self.args.model_dir, self.args.lengths)
         large = self.args.large_model_dir
-        b = self.model(large) if (large / "manifest.json").is_file() and (large / "model.onnx").is_file() else None
+        b = self.model(large, self.args.large_lengths) if (large / "manifest.json").is_file() and (large / "model.onnx").is_file() else None
         if b is None:
             self.results.notes.append(f"{LARGE_MODEL} is not built (`make models-large`): the model-size curves are "
                                       f"skipped and the CPU-share server serves two copies of {a.name}")
@@ -286,6 +287,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                                                              "128 corpus texts, short units: checks the harness")
     parser.add_argument("--repeats", type=int, default=None, help="round-robin repeats (default 2; quick 1)")
     parser.add_argument("--lengths", type=ints, default=None, help="tokens per input (default 8,...,512)")
+    parser.add_argument("--large-lengths", type=ints, default=None,
+                        help="tokens per input for the larger model (default 16,64,256)")
     parser.add_argument("--clients", type=ints, default=None, help="single-sentence clients (default 1,...,256)")
     parser.add_argument("--unit-seconds", type=float, default=None,
                         help="about how long one measurement runs (default 2.5; quick 0.5)")
@@ -293,7 +296,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=None,
                         help="inputs per REST request and raw batch, and the least inputs per measurement "
                              "(default 32; quick 16)")
-    parser.add_argument("--batch-clients", type=int, default=None, help="clients sending batches (default 4; quick 2)")
+    parser.add_argument("--batch-clients", type=int, default=2,
+                        help="clients sending batches (with the default 2 workers, 2 keep both busy)")
     parser.add_argument("--single-clients", type=int, default=8,
                         help="concurrent single-input clients of the token curves and of the CPU share load")
     parser.add_argument("--model-dir", type=Path, default=REPO_ROOT / "models" / DEFAULT_MODEL)
@@ -306,7 +310,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "the PNG plots go next to it")
     args = parser.parse_args(argv)
     defaults = {"lengths": list(LENGTHS), "clients": list(CLIENTS), "repeats": 2, "unit_seconds": 2.5,
-                "share_seconds": 3.0, "texts": 0, "batch": 32, "batch_clients": 4}
+                "share_seconds": 3.0, "texts": 0, "batch": 32, "large_lengths": list(LARGE_LENGTHS)}
     for key, value in (QUICK if args.quick else defaults).items():
         if getattr(args, key, None) is None:
             setattr(args, key, list(value) if isinstance(value, tuple) else value)
@@ -333,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             plan.prepare()
             sampler.servers.extend(plan.servers)
-            log(f"plan: {len(plan.units)} measurements x {args.repeats} repeat(s), expected "
-                f"~{plan.expected * args.repeats / 60:.1f} min")
+            log(f"plan: {len(plan.units)} measurements x {args.repeats} repeat(s), expected ~{plan.expected / 60:.1f} "
+                f"min per repeat, ~{plan.expected * args.repeats / 60:.1f} min in all")
             run_repeats(plan.units, args.repeats, results)
         finally:
             sampler.stop()
