@@ -126,15 +126,16 @@ def _count(rate: float, seconds: float, step: int, least: int) -> int:
     return int(min(MAX_INPUTS, step * math.ceil(wanted / step)))
 
 
-def _load_sample(server: BenchServer, results: list[LoadResult], cpu_seconds: float,
+def _load_sample(results: list[LoadResult], window: float, cpu_seconds: float,
                  threads: dict[str, int]) -> dict[str, Any]:
-    """A time-bounded load's sample: emb/s of each model's loop, their sum, latency, cores, threads."""
-    seconds = max(r.seconds for r in results)
+    """A time-bounded load's sample: emb/s of each model's loop counted over the same window (the
+    answers that came before the deadline, while every loop was busy), their sum, latency, cores,
+    threads."""
+    each = [sum(n for at, n in r.finished if at <= window) / window for r in results]
     latencies = [x * 1000 for r in results for x in r.latencies]
     sample: dict[str, Any] = {
-        "per_second": sum(r.texts for r in results) / seconds,
-        "each_per_second": [r.texts / r.seconds for r in results],
-        "errors": sum(r.errors for r in results), "server_cores": cpu_seconds / seconds,
+        "per_second": sum(each), "each_per_second": each, "errors": sum(r.errors for r in results),
+        "server_cores": cpu_seconds / max(r.seconds for r in results),
         "threads": sum(threads.values()),
         "worker_threads": sum(n for name, n in threads.items() if name.startswith("ortembed-w")),
         "p50_ms": float(np.percentile(latencies, 50)) if latencies else math.nan,
@@ -157,7 +158,7 @@ def share_unit(server: BenchServer, jobs: list[tuple[str, int]], texts: list[str
     timer.start()
     results = rest_load.loads(server.port, [(model, groups, clients, dims) for model, dims in jobs], seconds)
     timer.join()
-    return _load_sample(server, results, server.cpu_seconds() - cpu_before, threads)
+    return _load_sample(results, seconds, server.cpu_seconds() - cpu_before, threads)
 
 
 class Plan:
@@ -292,7 +293,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--clients", type=ints, default=None, help="single-sentence clients (default 1,...,256)")
     parser.add_argument("--unit-seconds", type=float, default=None,
                         help="about how long one measurement runs (default 2.5; quick 0.5)")
-    parser.add_argument("--share-seconds", type=float, default=None, help="CPU share load length (default 3)")
+    parser.add_argument("--share-seconds", type=float, default=None, help="CPU share load length (default 4; quick 1.5)")
     parser.add_argument("--batch", type=int, default=None,
                         help="inputs per REST request and raw batch, and the least inputs per measurement "
                              "(default 32; quick 16)")
@@ -310,7 +311,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "the PNG plots go next to it")
     args = parser.parse_args(argv)
     defaults = {"lengths": list(LENGTHS), "clients": list(CLIENTS), "repeats": 2, "unit_seconds": 2.5,
-                "share_seconds": 3.0, "texts": 0, "batch": 32, "large_lengths": list(LARGE_LENGTHS)}
+                "share_seconds": 4.0, "texts": 0, "batch": 32, "large_lengths": list(LARGE_LENGTHS)}
     for key, value in (QUICK if args.quick else defaults).items():
         if getattr(args, key, None) is None:
             setattr(args, key, list(value) if isinstance(value, tuple) else value)

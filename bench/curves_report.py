@@ -266,7 +266,8 @@ def render(results: Results, pngs: list[Path]) -> str:
     out += ["## CPU budget share of two models", "",
             f"{settings['single_clients']} single-sentence clients per busy model for {settings['share_seconds']} s. "
             "x alone: per repeat, against the same model alone on a one-model server. Threads are counted halfway "
-            "through the load (/proc/<pid>/task). For both busy, x alone = A's emb/s / A alone + B's emb/s / B "
+            "through the load (/proc/<pid>/task). emb/s counts the answers that came before the deadline, over the "
+            "load's length, so that two loads are compared while both were busy. For both busy, x alone = A's emb/s / A alone + B's emb/s / B "
             "alone (1.0: the two models split the machine without loss).", ""] + _share_section(results) + [""]
     errors = [(k, s) for k, samples in results.samples.items() for s in samples if s.get("error") or s.get("first_error")]
     if results.notes or errors:

@@ -22,6 +22,8 @@ class LoadResult:
     client_cpu_seconds: float = 0.0
     timed_out: bool = False
     latencies: list[float] = field(default_factory=list)
+    # (seconds since the load started, texts) of each answered request, with the latencies.
+    finished: list[tuple[float, int]] = field(default_factory=list)
     first_error: str | None = None
 
     @property
@@ -57,12 +59,14 @@ async def closed_loop(
                     result.first_error = f"{type(exc).__name__}: {exc}"[:300]
                 continue
             if record_latency:
-                result.latencies.append(time.perf_counter() - started)
+                now = time.perf_counter()
+                result.latencies.append(now - started)
+                result.finished.append((now - load_started, count))
             result.requests += 1
             result.texts += count
 
     cpu_started = time.process_time()
-    started = time.perf_counter()
+    started = load_started = time.perf_counter()
     tasks = [asyncio.create_task(client()) for _ in range(max(1, min(clients, len(payloads))))]
     done, pending = await asyncio.wait(tasks, timeout=time_limit + 30)
     for task in pending:
