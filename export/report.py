@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from service.engine.cpus import available_cpus
 from service.engine.manifest import Manifest
 from service.engine.model import EmbeddingModel, ModelSettings

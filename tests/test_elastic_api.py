@@ -185,7 +185,7 @@ def test_task_type_in_the_path_must_match_the_endpoint(es: Elasticsearch, server
     inference_id = unique("typed-path")
     es.inference.put(inference_id=inference_id, task_type="embedding", inference_config={
         "service": "ortembed", "service_settings": {"model_id": TINY}})
-    mismatch = (f"Requested task type [text_embedding] does not match the inference endpoint's task type "
+    mismatch = ("Requested task type [text_embedding] does not match the inference endpoint's task type "
                 "[embedding]")
     for method in ("GET", "DELETE"):
         response = httpx.request(method, server.url + f"/_inference/text_embedding/{inference_id}", timeout=30)

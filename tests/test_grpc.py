@@ -3,7 +3,6 @@ auth, health, reflection, the client helper, and generated code that is not stal
 from __future__ import annotations
 
 import filecmp
-import re
 import signal
 import time
 import urllib.request

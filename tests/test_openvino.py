@@ -2,7 +2,6 @@
 the bf16 refusal, and the server choosing its backend per model folder."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading

@@ -7,7 +7,6 @@ completes, not any wall-clock bound, show how the time was divided.
 """
 from __future__ import annotations
 
-import threading
 import time
 
 from service.engine.workers import WorkerPool

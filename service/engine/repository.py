@@ -151,19 +151,6 @@ class ModelRepository:
         self.scan(initial=True)
         self.loaded = True
 
-    def _open(self, folder: Path, manifest: Manifest, settings: ModelSettings) -> EmbeddingModel:
-        """The model on its manifest's backend, or on the --backend override where it can run."""
-        backend, refused = choose_backend(manifest.backend, manifest.model_file, self.settings.backend)
-        if refused:
-            log.warning("model folder %s stays on %s: %s", folder, backend, refused)
-        try:
-            return EmbeddingModel(folder, manifest, replace(settings, backend=backend))
-        except BackendUnavailable as exc:
-            if backend == manifest.backend:
-                raise
-            log.warning("model folder %s stays on %s: %s", folder, manifest.backend, exc)
-            return EmbeddingModel(folder, manifest, replace(settings, backend=manifest.backend))
-
     def start(self) -> None:
         """Kept for callers of the old two-step API: `load` starts everything."""
 

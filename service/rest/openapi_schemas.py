@@ -13,7 +13,7 @@ from ..config import Settings
 from ..endpoint_schema import DENSE_TASK_TYPES, FUSIONS, SIMILARITIES
 from ..engine.encodings import ELEMENT_TYPES
 from . import token_ids
-from .elastic import KNOWN_TASK_TYPES, RESPONSE_KEYS, SERVICES
+from .elastic import RESPONSE_KEYS, SERVICES
 from .elastic_input import INPUT_TYPES
 
 Schema = dict[str, Any]
