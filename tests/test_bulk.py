@@ -4,6 +4,7 @@ run that resumes without re-embedding, and the input and output formats with bad
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import json
 import signal
@@ -59,6 +60,17 @@ def chunks(journal: Path) -> int:
 def wait_for_chunks(journal: Path, count: int, proc: subprocess.Popen[bytes]) -> None:
     wait_for(lambda: chunks(journal) >= count or proc.poll() is not None, f"{count} journal chunks")
     assert proc.poll() is None, f"the run ended before it could be interrupted: {finish(proc)}"
+
+
+@contextlib.contextmanager
+def server_paused(server: ServerProcess) -> Iterator[None]:
+    """The server frozen (SIGSTOP) for the block: requests in flight stay unanswered."""
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
 
 
 def outputs(out: Path) -> tuple[np.ndarray, list[Any], list[dict[str, Any]]]:
@@ -143,8 +155,9 @@ def test_an_interrupted_run_resumes_without_re_embedding(pair: tuple[ServerProce
             "--report", str(report))
     first = start(*args)
     wait_for_chunks(journal, 2, first)
-    first.send_signal(signal.SIGINT)  # Ctrl-C
-    code, err = finish(first)
+    with server_paused(server):  # the run cannot finish before the signal lands, however fast it is
+        first.send_signal(signal.SIGINT)  # Ctrl-C
+        code, err = finish(first)
     assert code == 130, err
     # Another input, or other options, are refused while the journal is there.
     original = source.read_bytes()
@@ -156,8 +169,9 @@ def test_an_interrupted_run_resumes_without_re_embedding(pair: tuple[ServerProce
     assert code == 1 and "other options" in err, err
     second = start(*args)
     wait_for_chunks(journal, chunks(journal) + 2, second)
-    second.send_signal(signal.SIGKILL)
-    second.wait(timeout=60)
+    with server_paused(server):
+        second.send_signal(signal.SIGKILL)
+        second.wait(timeout=60)
     done = chunks(journal)
     for path in journal.glob("chunk-*.npz"):  # killed at any moment, every chunk file is whole
         with np.load(path) as saved:
