@@ -296,46 +296,6 @@ def test_transports_take_turns_so_a_flood_on_one_cannot_starve_the_other(model_r
         m.close()
 
 
-def test_towers_share_the_workers_by_time_so_costly_calls_cannot_starve_cheap_ones() -> None:
-    """A tower whose calls are slow (images) and one whose calls are cheap (short texts) on one
-    worker: the cheap calls that arrive during a slow one all run before the next slow one, not
-    one per slow call (which took turns by calls did)."""
-    from service.engine.scheduler import Scheduler
-    from service.engine.workers import WorkerPool
-
-    order: list[str] = []
-
-    def runner(name: str, seconds: float) -> Callable[[Sequence[object]], np.ndarray]:
-        def run(items: Sequence[object]) -> np.ndarray:
-            order.append(name)
-            time.sleep(seconds)
-            return np.zeros((len(items), 4), dtype=np.float32)
-        return run
-
-    workers = WorkerPool(1, name="fair-test")
-    slow = Scheduler("slow", workers, runner("slow", 0.05), 4, BatchPolicy(mode="sequence"))
-    cheap = Scheduler("cheap", workers, runner("cheap", 0.0), 4, BatchPolicy(mode="sequence"))
-    for scheduler in (slow, cheap):
-        scheduler.open()
-    workers.start()
-    try:
-        async def run() -> None:
-            flood = asyncio.ensure_future(slow.submit(list(range(12)), [1] * 12))
-            while not order:  # the first slow call has started
-                await asyncio.sleep(0.001)
-            await asyncio.gather(*(cheap.submit([i], [1]) for i in range(8)))
-            await flood
-
-        asyncio.run(run())
-    finally:
-        for scheduler in (slow, cheap):
-            scheduler.close()
-        workers.close()
-    assert order.count("cheap") == 8 and order.count("slow") == 12
-    last_cheap = max(i for i, name in enumerate(order) if name == "cheap")
-    assert order[:last_cheap].count("slow") <= 2, order
-
-
 def test_full_queue_refuses_at_once(model_repo: Path) -> None:
     m = load(model_repo, "sequence", workers=1, max_queue=10)
     fast = m.scheduler._run_call

@@ -7,8 +7,14 @@ completes, not any wall-clock bound, show how the time was divided.
 """
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Callable, Sequence
 
+import numpy as np
+
+from service.engine.policy import BatchPolicy
+from service.engine.scheduler import Scheduler
 from service.engine.workers import WorkerPool
 
 
@@ -87,3 +93,40 @@ def test_a_tower_back_from_idle_does_not_bank_its_unused_share():
         pool.close()
     # Had the late tower banked its 0.6 s, it would have taken ~300 calls in a row first.
     assert busy_meanwhile >= 50
+
+
+def test_towers_share_the_workers_by_time_so_costly_calls_cannot_starve_cheap_ones() -> None:
+    """A tower whose calls are slow (images) and one whose calls are cheap (short texts) on one
+    worker: the cheap calls that arrive during a slow one all run before the next slow one, not
+    one per slow call (which took turns by calls did)."""
+    order: list[str] = []
+
+    def runner(name: str, seconds: float) -> Callable[[Sequence[object]], np.ndarray]:
+        def run(items: Sequence[object]) -> np.ndarray:
+            order.append(name)
+            time.sleep(seconds)
+            return np.zeros((len(items), 4), dtype=np.float32)
+        return run
+
+    workers = WorkerPool(1, name="fair-test")
+    slow = Scheduler("slow", workers, runner("slow", 0.05), 4, BatchPolicy(mode="sequence"))
+    cheap = Scheduler("cheap", workers, runner("cheap", 0.0), 4, BatchPolicy(mode="sequence"))
+    for scheduler in (slow, cheap):
+        scheduler.open()
+    workers.start()
+    try:
+        async def run() -> None:
+            flood = asyncio.ensure_future(slow.submit(list(range(12)), [1] * 12))
+            while not order:  # the first slow call has started
+                await asyncio.sleep(0.001)
+            await asyncio.gather(*(cheap.submit([i], [1]) for i in range(8)))
+            await flood
+
+        asyncio.run(run())
+    finally:
+        for scheduler in (slow, cheap):
+            scheduler.close()
+        workers.close()
+    assert order.count("cheap") == 8 and order.count("slow") == 12
+    last_cheap = max(i for i, name in enumerate(order) if name == "cheap")
+    assert order[:last_cheap].count("slow") <= 2, order
