@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lines", type=int, default=2000, help="lines of the throughput file")
     parser.add_argument("--batch", type=int, default=32, help="texts per Embed request (the limit's batches)")
     parser.add_argument("--concurrency", type=_ints, default=[1, 2, 4], help="Embed clients to try, comma-separated")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--memory-lines", type=_ints, default=[10_000, 100_000],
                         help="short-line files to measure the bulk command's peak RSS on ('' : none)")
     parser.add_argument("--bulk-args", default="", help="extra flags for the bulk command, e.g. '--streams 3'")
