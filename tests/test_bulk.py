@@ -44,8 +44,14 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "service", "embed", *args, "--model", TINY, "--quiet"]
 
 
+def _default_sigint() -> None:
+    # A test run started in the background by a non-interactive shell (`.ci/run &`) inherits
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt: Ctrl-C must work here.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cli(*args), cwd=REPO_ROOT, stderr=subprocess.PIPE)
+    return subprocess.Popen(cli(*args), cwd=REPO_ROOT, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
 
 
 def finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> tuple[int, str]:
@@ -151,9 +157,7 @@ def test_an_interrupted_run_resumes_without_re_embedding(pair: tuple[ServerProce
     source = tmp_path / "in.jsonl"
     rows = write_jsonl(source, 3000)
     out, journal, report = tmp_path / "out.npy", tmp_path / "out.journal", tmp_path / "report.json"
-    # One request of 10 rows in flight at a time: slow enough that Ctrl-C lands mid-run (with the
-    # defaults a fast machine once finished the 3000 rows first). Pausing the server instead is no
-    # good for Ctrl-C: the command then sometimes hangs on its way out (see the session notes).
+    # One request of 10 rows in flight at a time: Ctrl-C surely lands mid-run.
     args = (str(source), "--out", str(out), "--chunk-rows", "100", "--target", f"127.0.0.1:{server.grpc_port}",
             "--report", str(report), "--batch-size", "10", "--streams", "1", "--depth", "1")
     first = start(*args)
