@@ -109,8 +109,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     servers, calls, dims = [], [], []
     try:
         for number, (label, flags, folder) in enumerate(configs):
-            missing = [f for f in ("manifest.json",) if not (folder / f).is_file()]
-            if missing:
+            if not (folder / "manifest.json").is_file():
                 raise SystemExit(f"bench.ab: {folder} has no manifest.json (build it: see bench/README.md)")
             server = BenchServer(f"ab{number}", folder.parent, folder.name, work / f"data{number}", flags, grpc=True)
             log(f"starting [{label}]: {shlex.join(server.cmd)}")

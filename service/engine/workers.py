@@ -53,8 +53,8 @@ class WorkerPool:
         self.cond = threading.Condition()  # guards every attached scheduler's queue too
         self._schedulers: list[Scheduler] = []
         self._turn = 0
-        self._used: dict[int, float] = {}  # id(scheduler) -> worker seconds used (the fairness clock)
-        self._typical: dict[int, float] = {}  # id(scheduler) -> moving average of its call seconds
+        # Each tower's [worker seconds used (the fairness clock), moving average of its call seconds].
+        self._share: dict[Scheduler, list[float]] = {}
         self._clock = 0.0  # worker seconds of the last tower chosen
         self.busy = 0
         self._company = 0.0
@@ -87,8 +87,7 @@ class WorkerPool:
         with self.cond:
             if scheduler in self._schedulers:
                 self._schedulers.remove(scheduler)
-            self._used.pop(id(scheduler), None)
-            self._typical.pop(id(scheduler), None)
+            self._share.pop(scheduler, None)
 
     # -- what operators ask ------------------------------------------------------------------
     def longest_call(self) -> float:
@@ -108,14 +107,16 @@ class WorkerPool:
         chosen, least = None, float("inf")
         floor = self._clock - _IDLE_CREDIT
         for step in range(count):
-            scheduler = self._schedulers[(self._turn + step) % count]
+            index = (self._turn + step) % count
+            scheduler = self._schedulers[index]
             if not scheduler.queued:
                 continue
-            used = self._used[id(scheduler)] = max(self._used.get(id(scheduler), floor), floor)
-            if used < least:
-                chosen, least = scheduler, used
+            share = self._share.setdefault(scheduler, [floor, 0.0])
+            share[0] = max(share[0], floor)
+            if share[0] < least:
+                chosen, least, turn = scheduler, share[0], index + 1
         if chosen is not None:
-            self._turn = (self._schedulers.index(chosen) + 1) % count
+            self._turn = turn % count
             self._clock = max(self._clock, least)
         return chosen
 
@@ -142,9 +143,9 @@ class WorkerPool:
                 self.busy += 1
                 # Charged now, as long as its tower's calls usually take, and settled when it ends:
                 # the other worker, choosing next, sees this call's cost already.
-                charged = self._typical.get(id(scheduler), 0.0)
-                self._used[id(scheduler)] = self._used.get(id(scheduler), self._clock) + charged
-                self._calls_started[ident] = (time.monotonic(), charged)
+                share = self._share[scheduler]  # set by _next_scheduler
+                share[0] += share[1]
+                self._calls_started[ident] = (time.monotonic(), share[1])
             try:
                 scheduler.run(call, lone, lambda s=scheduler, a=alone: self._end(s, a))
             except BaseException:  # noqa: BLE001 - run() resolves its own failures; never lose a worker
@@ -158,11 +159,11 @@ class WorkerPool:
         their next call can run lone)."""
         with self.cond:
             started = self._calls_started.pop(threading.get_ident(), None)
-            if started is not None and id(scheduler) in self._used:
+            share = self._share.get(scheduler)
+            if started is not None and share is not None:
                 seconds = time.monotonic() - started[0]
-                self._used[id(scheduler)] += seconds - started[1]
-                typical = self._typical.get(id(scheduler), seconds)
-                self._typical[id(scheduler)] = typical + 0.2 * (seconds - typical)
+                share[0] += seconds - started[1]
+                share[1] = seconds if not share[1] else share[1] + 0.2 * (seconds - share[1])
             self.busy -= 1
             if alone:
                 self._company += _COMPANY_WEIGHT * ((1.0 if self._solo_joined else 0.0) - self._company)
