@@ -3,8 +3,9 @@
 Each worker takes the next session call from whichever tower's queue has work, forms it by that
 tower's policy (scheduler.py), runs it outside the lock, and loops. Towers with work share the
 workers by time, not by calls: the next call goes to the waiting tower that has used the least
-worker time (a vision call of 8 images runs ~40x as long as a short text call; taking turns by
-calls would give text a few percent of the CPUs while images stream). A tower that was idle does
+worker time (a ViT-B/32 call of 8 images takes about a second of a worker here, a short text
+call milliseconds; taking turns by calls gave text a few percent of the CPUs while images
+streamed). A tower that was idle does
 not bank its unused share: it re-enters at most _IDLE_CREDIT seconds behind the others. So one
 busy model cannot starve another, and an idle model's share goes to the busy ones.
 `size` workers x the sessions' intra-op threads = the CPUs the process may use, however many
