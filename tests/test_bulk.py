@@ -182,13 +182,17 @@ def test_an_interrupted_run_resumes_without_re_embedding(pair: tuple[ServerProce
     for path in journal.glob("chunk-*.npz"):  # killed at any moment, every chunk file is whole
         with np.load(path) as saved:
             assert len(saved["rows"]) == len(saved["vectors"]) == 100
+    wait_for(lambda: metric(server, "ortembed_queue_items", model=TINY) == 0, "the queue to drain")
     before = metric(server, SEQUENCES, model=TINY)
     code, err = finish(start(*args))
     assert code == 0, err
     summary = json.loads(report.read_text())
     assert summary["from_journal"] == done * 100 and summary["embedded_now"] == len(rows) - done * 100, summary
-    # The server computed exactly the rows that were not in the journal: nothing twice.
-    assert metric(server, SEQUENCES, model=TINY) - before == len(rows) - done * 100 + PREFLIGHT
+    # The server computed the rows that were not in the journal and no journalled chunk again.
+    # The killed run's one request in flight (10 rows) may still be computed after `before` was
+    # read: the server notices the vanished caller only after it resumes (CI saw 1 extra row).
+    extra = metric(server, SEQUENCES, model=TINY) - before - (len(rows) - done * 100 + PREFLIGHT)
+    assert 0 <= extra <= 10, extra
     vectors, ids, failures = outputs(out)
     assert ids == [r["id"] for r in rows] and failures == [] and len(vectors) == len(rows)
     sample = list(range(0, len(rows), 37))
