@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import math
 import shlex
 import sys
 import tempfile
@@ -71,31 +71,43 @@ def scenarios(corpus: Corpus) -> dict[str, Callable[[BenchServer, str, int, Any]
 
 
 def micro_costs() -> dict[str, float]:
-    """Microseconds per histogram observation and per access line (formatted, to a null stream)."""
+    """Microseconds per request metric, per histogram observation, and per access line: what
+    the answering thread pays (the line queued) and the whole line (queued, formatted as JSON,
+    written to /dev/null by the log writer's thread)."""
     from prometheus_client import CollectorRegistry, Histogram
 
     from service import logs
+    from service.metrics import ServiceMetrics
 
     histogram = Histogram("bench_seconds", "bench", ["model", "tower"], registry=CollectorRegistry())
     child = histogram.labels("m", "text")
     number = 200_000
     observe = min(timeit.repeat(lambda: child.observe(0.0123), number=number, repeat=5)) / number * 1e6
-    labelled = min(timeit.repeat(lambda: histogram.labels("m", "text").observe(0.0123), number=number,
-                                 repeat=5)) / number * 1e6
-    logs.configure("INFO", "json", True)
-    root = logging.getLogger()
-    handlers = root.handlers[:]
-    for handler in handlers:
-        handler.stream = open("/dev/null", "w")  # type: ignore[attr-defined]
-    fields = {"method": "POST", "path": "/v1/embeddings", "status": 200, "bytes": 5312, "ms": 3.2,
-              "model": "all-minilm-l6-v2", "inputs": 1, "tokens": 12}
-    lines = 20_000
-    line = min(timeit.repeat(lambda: logs.access("POST /v1/embeddings 200", **fields), number=lines,
-                             repeat=5)) / lines * 1e6
-    for handler in handlers:
-        handler.stream.close()  # type: ignore[attr-defined]
-    return {"histogram observe (label child held)": observe, "histogram labels(...).observe": labelled,
-            "access log line, JSON": line}
+    metrics = ServiceMetrics()
+    request = min(timeit.repeat(lambda: metrics.observe("rest", "/v1/embeddings", "200", 0.0123), number=number,
+                                repeat=5)) / number * 1e6
+    info = logs.RequestInfo(started=time.perf_counter(), request_id="0" * 32, model="all-minilm-l6-v2", inputs=1,
+                            tokens=12, client="127.0.0.1")
+
+    def line() -> None:
+        info.line("POST /v1/embeddings 200", transport="rest", method="POST", route="/v1/embeddings", status=200)
+
+    lines, queued, whole = 2_000, [], []  # fewer lines than the writer's queue holds: none dropped
+    saved = sys.stderr
+    for _ in range(5):
+        with open("/dev/null", "w") as sink:
+            sys.stderr = sink
+            try:
+                logs.configure("INFO", "json", True)
+            finally:
+                sys.stderr = saved
+            started = time.perf_counter()
+            queued.append(timeit.timeit(line, number=lines) / lines * 1e6)
+            logs.stop()  # waits for the writer to write every line
+            whole.append((time.perf_counter() - started) / lines * 1e6)
+    return {"histogram observe (label child held)": observe, "request metrics (counter + histogram)": request,
+            "access line, on the answering thread (queued)": min(queued),
+            "access line, whole (queued, JSON, written by the log thread)": min(whole)}
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -145,6 +157,17 @@ def _ratio_cells(results: dict[str, Any], name: str, label: str, base: str, key:
     return ratios.fmt(2) if ratios else "-"
 
 
+def _cells(samples: list[dict[str, Any]], key: str, digits: int) -> str:
+    summary = summarize(s.get(key, math.nan) for s in samples)
+    return summary.fmt(digits) if summary else "-"
+
+
+def _diff_cells(results: dict[str, Any], name: str, label: str, base: str, key: str) -> str:
+    mine, theirs = results["samples"][name][label], results["samples"][name][base]
+    diffs = summarize(a.get(key, math.nan) - b.get(key, math.nan) for a, b in zip(mine, theirs))
+    return f"{diffs.median:+.3f} ({diffs.low:+.3f} to {diffs.high:+.3f})" if diffs else "-"
+
+
 def render(results: dict[str, Any], command: str) -> str:
     machine = results["machine"]
     labels = [c["label"] for c in results["configs"]]
@@ -158,8 +181,11 @@ def render(results: dict[str, Any], command: str) -> str:
              ""] + [f"- [{c['label']}]: model `{c['model']}`, flags `{shlex.join(c['flags']) or '(defaults)'}`, "
                     f"peak RSS {(results.get('peak_rss', {}).get(c['label']) or 0) / 2**20:.0f} MiB"
                     for c in results["configs"]]
-    lines += ["", "| scenario | configuration | emb/s | ratio emb/s | p50 ms | p99 ms | ratio p50 |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "Server CPU per request: every thread of the server process, and its event loop (main thread) "
+                  "alone; \u0394 is the difference to the first configuration in the same repeat.", "",
+              "| scenario | configuration | emb/s | ratio emb/s | p50 ms | p99 ms | ratio p50 | CPU ms/request "
+              "| loop CPU ms/request | \u0394 loop CPU ms |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, by_label in results["samples"].items():
         for label in labels:
             samples = by_label[label]
@@ -170,7 +196,9 @@ def render(results: dict[str, Any], command: str) -> str:
             lines.append(f"| {name} | {label} | {rate.fmt(1) if rate else '-'} "
                          f"| {'1' if same else _ratio_cells(results, name, label, base, 'per_second')} "
                          f"| {p50.fmt(2) if p50 else '-'} | {p99.fmt(2) if p99 else '-'} "
-                         f"| {'-' if same or not p50 else _ratio_cells(results, name, label, base, 'p50_ms')} |")
+                         f"| {'-' if same or not p50 else _ratio_cells(results, name, label, base, 'p50_ms')} "
+                         f"| {_cells(samples, 'cpu_ms', 2)} | {_cells(samples, 'loop_cpu_ms', 3)} "
+                         f"| {'-' if same else _diff_cells(results, name, label, base, 'loop_cpu_ms')} |")
     if results["micro"]:
         lines += ["", "In-process cost on this machine (best of 5 timeit runs):", "",
                   "| operation | microseconds |", "| --- | --- |"]

@@ -96,9 +96,9 @@ def _latency_sample(latencies: list[float], **extra: Any) -> dict[str, Any]:
 def _server_unit(server: BenchServer, measure: Callable[[], Any], cpus: int) -> dict[str, Any]:
     """Run one load measurement against a server, with its CPU time and scheduler counters."""
     before = server.scheduler_counters()
-    cpu_before = server.cpu_seconds()
+    cpu_before, loop_before = server.cpu_seconds(), server.loop_cpu_seconds()
     result = measure()
-    cpu_after = server.cpu_seconds()
+    cpu_after, loop_after = server.cpu_seconds(), server.loop_cpu_seconds()
     after = server.scheduler_counters()
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     sample: dict[str, Any] = {
@@ -107,6 +107,9 @@ def _server_unit(server: BenchServer, measure: Callable[[], Any], cpus: int) -> 
         "seconds": result.seconds, "timed_out": result.timed_out,
         "server_cores": (cpu_after - cpu_before) / result.seconds if result.seconds else math.nan,
         "client_cores": result.client_cpu_seconds / result.seconds if result.seconds else math.nan,
+        # CPU milliseconds the server spent per request: all its threads, and its event loop.
+        "cpu_ms": (cpu_after - cpu_before) * 1000 / result.requests if result.requests else math.nan,
+        "loop_cpu_ms": (loop_after - loop_before) * 1000 / result.requests if result.requests else math.nan,
     }
     calls = delta.get("calls_total", 0.0)  # ortembed_calls_total in /metrics
     if calls:

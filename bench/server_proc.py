@@ -131,6 +131,13 @@ class BenchServer:
             return float("nan")
         return (times.user + times.system) if times else float("nan")
 
+    def loop_cpu_seconds(self) -> float:
+        """CPU time of the main thread (the event loop), from the kernel's nanosecond schedstat."""
+        try:
+            return int(Path(f"/proc/{self.pid}/task/{self.pid}/schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return float("nan")
+
     def sample(self) -> None:
         value = self.rss()
         if value:

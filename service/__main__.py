@@ -25,17 +25,24 @@ def main(argv: list[str] | None = None) -> int:
     from .startup import StartupError
 
     settings = load_settings(argv)
-    logs.configure(settings.log_level, settings.log_format, settings.access_log)
-    for name in unknown_variables(dict(os.environ)):
-        logging.getLogger("ortembed").warning("environment variable %s is not an ortembed setting (a typo?); "
-                                              "ignored", name)
+    stop_logging = logs.configure(settings.log_level, settings.log_format, settings.access_log)
+    code = 1
     try:
-        asyncio.run(serve(settings))
-    except StartupError as exc:
-        logging.getLogger("ortembed").critical("cannot start: %s", exc)
-        print(f"ortembed: cannot start: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        for name in unknown_variables(dict(os.environ)):
+            logging.getLogger("ortembed").warning("environment variable %s is not an ortembed setting (a typo?); "
+                                                  "ignored", name)
+        try:
+            asyncio.run(serve(settings))
+            code = 0
+        except StartupError as exc:
+            logging.getLogger("ortembed").critical("cannot start: %s", exc)
+            if stop_logging():  # the log line first, then the plain message last
+                print(f"ortembed: cannot start: {exc}", file=sys.stderr)
+            code = 2
+    finally:
+        if not stop_logging():
+            os._exit(code)  # the log output is blocked: Python's own shutdown would wait on it for ever
+    return code
 
 
 if __name__ == "__main__":

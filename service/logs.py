@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import logging.handlers
+import queue
 import re
 import threading
 import time
-import uuid
+import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -23,6 +25,8 @@ access_log = logging.getLogger("ortembed.access")
 _SECRET = re.compile(r"(?i)\b(bearer|apikey|basic|authorization:?)(\s+)([^\s'\",;]+)")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+# Request ids need to be unique, not secret: a seeded generator, not a system call per request.
+_IDS = random.Random()
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id", "trace_id"}
 
 
@@ -41,15 +45,15 @@ class RequestInfo:
 
     def line(self, head: str, **fields: Any) -> None:
         """Write the access line: `head` ("POST /v1/embeddings 200"), then what was computed."""
-        seconds = time.perf_counter() - self.started
-        access(f"{head} {seconds * 1000:.1f} ms model={self.model or '-'} inputs={self.inputs} tokens={self.tokens} "
-               f"client={self.client or '-'}", latency_ms=round(seconds * 1000, 3), model=self.model,
-               inputs=self.inputs, tokens=self.tokens, images=self.images, client=self.client, **fields)
+        if access_log.isEnabledFor(logging.INFO):
+            seconds = time.perf_counter() - self.started
+            access(head, dict(fields, latency_ms=round(seconds * 1000, 3), model=self.model, inputs=self.inputs,
+                              tokens=self.tokens, images=self.images, client=self.client))
 
 
 def request_id_from(value: str | None) -> str:
     """The caller's X-Request-ID when it is a sane token, else a new one."""
-    return value if value and _REQUEST_ID.fullmatch(value) else uuid.uuid4().hex
+    return value if value and _REQUEST_ID.fullmatch(value) else f"{_IDS.getrandbits(128):032x}"
 
 
 def trace_id_from(traceparent: str | None) -> str:
@@ -123,24 +127,144 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"), "trace_id": getattr(record, "trace_id", "-"),
         }
         line.update((k, v) for k, v in vars(record).items() if k not in _RECORD_FIELDS)
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
         return orjson.dumps(line, default=str).decode()
 
 
-def access(message: str, **fields: Any) -> None:
-    """The access line of one request (fields become JSON keys; the text form is `message`)."""
-    if access_log.isEnabledFor(logging.INFO):
-        access_log.info(message, extra=fields)
+def access(head: str, fields: dict[str, Any]) -> None:
+    """One access line (the fields become JSON keys). With the writer running, the caller only
+    queues the data: the record and its text are made in the writer's thread."""
+    writer = _writer
+    if writer is not None:
+        writer.offer((head, fields, REQUEST_ID.get(), TRACE_ID.get(), time.time()))
+    elif access_log.isEnabledFor(logging.INFO):
+        access_log.info(_access_text(head, fields), extra=fields)
 
 
-def configure(level: str, fmt: str = "text", access_lines: bool = True) -> None:
+def _access_text(head: str, fields: dict[str, Any]) -> str:
+    return (f"{head} {fields['latency_ms']:.1f} ms model={fields['model'] or '-'} inputs={fields['inputs']} "
+            f"tokens={fields['tokens']} client={fields['client'] or '-'}")
+
+
+def _access_record(head: str, fields: dict[str, Any], request_id: str, trace_id: str,
+                   created: float) -> logging.LogRecord:
+    return logging.makeLogRecord({
+        **fields, "name": access_log.name, "levelno": logging.INFO, "levelname": "INFO",
+        "msg": _access_text(head, fields), "created": created, "msecs": (created % 1) * 1000,
+        "request_id": request_id, "trace_id": trace_id})
+
+
+_Access = tuple[str, dict[str, Any], str, str, float]  # an access line's data, made a record by the writer
+
+
+class _Outbox(logging.handlers.QueueHandler):
+    """The caller's side of logging: the record, its ids bound and its message and traceback made
+    text, handed to the writer."""
+
+    def __init__(self, writer: "_Writer") -> None:
+        super().__init__(writer.queue)
+        self.writer = writer
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if record.args:
+            record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        self.writer.offer(record)
+
+
+class _Writer(threading.Thread):
+    """Formats and writes the queued lines through `handler`, so a slow or blocked stderr (a
+    stalled log collector) never stalls the event loop. The queue is bounded: when it is full a
+    line is dropped and counted, and the next line that fits says how many were. A daemon: a
+    write blocked for good cannot hold the process at exit."""
+
+    def __init__(self, handler: logging.Handler, lines: int) -> None:
+        super().__init__(name="ortembed-log", daemon=True)
+        self.handler = handler
+        self.queue: queue.Queue[logging.LogRecord | _Access | None] = queue.Queue(lines)
+        self._dropped = 0
+        self._lock = threading.Lock()
+
+    def offer(self, item: logging.LogRecord | _Access) -> None:
+        with self._lock:
+            try:
+                if self._dropped:
+                    self.queue.put_nowait(logging.makeLogRecord({
+                        "name": "ortembed", "levelno": logging.WARNING, "levelname": "WARNING", "request_id": "-",
+                        "trace_id": "-", "msg": f"{self._dropped} log lines dropped: the log output did not keep up"}))
+                    self._dropped = 0
+                self.queue.put_nowait(item)
+            except queue.Full:
+                self._dropped += 1
+
+    def run(self) -> None:
+        while True:
+            item = self.queue.get()
+            while item is not None:
+                self.handler.handle(item if isinstance(item, logging.LogRecord) else _access_record(*item))
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+            if item is None:
+                return
+            # Lines gather meanwhile: under load one wake-up writes many, and queueing a line
+            # wakes nobody (no thread waits on the queue).
+            time.sleep(_GATHER_SECONDS)
+
+    def finish(self, timeout: float) -> bool:
+        """Write out what is queued; False when the output stayed blocked for `timeout` seconds."""
+        try:
+            self.queue.put(None, timeout=timeout)
+        except queue.Full:
+            return False
+        self.join(timeout)
+        return not self.is_alive()
+
+
+_TRACEBACKS = logging.Formatter()
+_QUEUED_LINES = 4096
+_GATHER_SECONDS = 0.02
+_writer: _Writer | None = None
+_blocked = False  # the last writer stopped could not write out its lines
+
+
+def configure(level: str, fmt: str = "text", access_lines: bool = True) -> Callable[[], bool]:
+    """Logging for the server; returns `stop` (call it before exiting)."""
+    global _writer
+    stop()
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
-    for log_filter in (_Context(), RedactSecrets(), RateLimitRepeats()):
-        handler.addFilter(log_filter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    handler.addFilter(RedactSecrets())
     access_log.setLevel(logging.INFO if access_lines else logging.WARNING)
+    _writer = _Writer(handler, _QUEUED_LINES)
+    _writer.start()
+    outbox = _Outbox(_writer)
+    for log_filter in (_Context(), RateLimitRepeats()):
+        outbox.addFilter(log_filter)
+    root = logging.getLogger()
+    root.handlers[:] = [outbox]
+    root.setLevel(level.upper())
+    return stop
+
+
+def stop(timeout: float = 5.0) -> bool:
+    """Write out what is queued and stop the writer; logging falls back to Python's last resort
+    (stderr, warnings and above). False when the output stayed blocked for `timeout` seconds: the
+    process must then leave with os._exit, as Python's own shutdown would wait on that output
+    for ever. Calling it again does nothing."""
+    global _writer, _blocked
+    writer, _writer = _writer, None
+    if writer is not None:
+        logging.getLogger().handlers[:] = []
+        _blocked = not writer.finish(timeout)
+    return not _blocked

@@ -109,6 +109,7 @@ class ServiceMetrics:
                                 ["transport", "route", "status"], registry=registry)
         self.request_seconds = Histogram("ortembed_request_duration_seconds", "Request latency.",
                                          ["transport", "route", "status"], buckets=_LATENCY, registry=registry)
+        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         per_tower = ["model", "tower"]
         self.queue_seconds = Histogram("ortembed_queue_duration_seconds", "Time an item waited in its queue.",
                                        per_tower, buckets=_LATENCY, registry=registry)
@@ -125,8 +126,12 @@ class ServiceMetrics:
                                         registry=registry)
 
     def observe(self, transport: str, route: str, status: str, seconds: float) -> None:
-        self.requests.labels(transport, route, status).inc()
-        self.request_seconds.labels(transport, route, status).observe(seconds)
+        key = (transport, route, status)  # route templates and status codes: a small, closed set
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(*key), self.request_seconds.labels(*key))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch(self, model: EmbeddingModel) -> None:
         """Observe every call of the model's towers (repository hook, once per loaded model)."""

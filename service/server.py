@@ -18,10 +18,12 @@ import time
 
 from aiohttp import web
 
+from . import logs
 from .config import Settings
 from .grpc.server import GrpcServer
 from .rest.app import create_app
 from .rest.http import GuardedAppRunner, HttpGuard
+from .rest import ops
 from .rest.keys import LIFECYCLE
 from .startup import StartupError
 
@@ -75,7 +77,8 @@ async def serve(settings: Settings) -> None:
     guard = HttpGuard(header_timeout=settings.header_timeout, max_connections=resolved_max_connections(settings))
     # handler_cancellation: a client that disconnects cancels its handler, and with it the
     # queued work (the scheduler skips sequences whose caller is gone).
-    runner = GuardedAppRunner(app, guard, handler_cancellation=True, access_log=None,
+    runner = GuardedAppRunner(app, guard, handler_cancellation=True, access_log_class=ops.AccessRecorder,
+                              access_log=logs.access_log,
                               keepalive_timeout=settings.keepalive_timeout, lingering_time=2.0,
                               shutdown_timeout=settings.default_timeout + 5.0)
     await runner.setup()

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 
 from tests.conftest import TINY, TINY_E5
 from tests.server import ServerProcess
+from tests.test_grpc import wait_for
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 
@@ -239,3 +240,7 @@ def test_client_disconnect_does_not_hurt_the_server(server: ServerProcess) -> No
         httpx.post(server.url + "/v1/embeddings", content=body, timeout=0.05,
                    headers={"content-type": "application/json"})
     assert vectors_of(embed(server, input="after the disconnect")).shape[0] == 1
+    # Recorded as nginx records a caller that left: 499, not a server error.
+    wait_for(lambda: server.metric("ortembed_requests_total", route="/v1/embeddings", status="499") >= 1,
+             "the vanished request to be counted")
+    assert server.metric("ortembed_requests_total", route="/v1/embeddings", status="500") == 0

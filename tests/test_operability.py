@@ -3,6 +3,8 @@ timing headers (and gRPC trailing metadata), JSON logs, metrics that move, the C
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import sys
 import time
@@ -111,3 +113,46 @@ def test_model_not_found_in_each_dialects_words(json_server: ServerProcess) -> N
     assert TINY in openai.json()["error"]["message"]
     es = httpx.post(json_server.url + "/_inference/gpt-embed", json={"input": "x"}, timeout=30)
     assert es.json()["error"]["reason"].startswith("Inference endpoint not found [gpt-embed]") and TINY in es.text
+
+
+def test_a_stalled_log_reader_never_stalls_serving(model_repo: Path, tmp_path: Path) -> None:
+    """Output to a pipe nobody reads (a stalled log collector): the pipe fills after a few hundred
+    access lines, and the server goes on answering, dropping lines and saying how many, and
+    still exits on SIGTERM."""
+    read_end, write_end = os.pipe()
+    proc = ServerProcess(model_repo, tmp_path, "--only-models", TINY, "--log-format", "json")
+    proc.log_path = Path(f"/proc/self/fd/{write_end}")  # start() opens it: the pipe's write end
+    try:
+        with proc, httpx.Client(base_url=proc.url, timeout=30) as client:
+            os.close(write_end)
+            _flood(client, 6000)  # more lines than the queue (4096) and the pipe (64 KiB, ~300 lines) hold
+            assert client.post("/v1/embeddings", json={"model": TINY, "input": "still serving"}).status_code == 200
+            output = _drain(read_end)
+            client.get("/health")  # the next line that fits brings the count of those dropped
+            output += _drain(read_end)
+            _flood(client, 4500)  # blocked again, then SIGTERM: the server must not wait on its output
+            assert proc.stop() == 0
+    finally:
+        os.close(read_end)
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    dropped = [line for line in lines if "log lines dropped" in line["message"]]
+    assert len(dropped) == 1 and len(lines) < 6000, len(lines)
+    # Every request after start-up is either written or counted: 6000 + 1 + 1.
+    written = [line for line in lines if line.get("route") in ("/health", "/v1/embeddings")]
+    assert int(dropped[0]["message"].split()[0]) + len(written) == 6002, (dropped, len(written))
+
+
+def _flood(client: httpx.Client, count: int) -> None:
+    for i in range(count):
+        assert client.get("/health").status_code == 200, i
+
+
+def _drain(fd: int, quiet: float = 1.0) -> str:
+    """What the pipe holds and receives until it stays empty for `quiet` seconds."""
+    chunks = []
+    while select.select([fd], [], [], quiet)[0]:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")

@@ -270,12 +270,14 @@ class Scheduler:
             return
         ended()
         elapsed = time.perf_counter() - started
-        self._account(batch, elapsed, lone, began, tuple(prepared))
+        record = self._account(batch, elapsed, lone, began, tuple(prepared))
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Item, np.ndarray]]] = {}
         for item, vector in zip(batch, vectors):
             by_loop.setdefault(item.job.loop, []).append((item, vector))
         for loop, results in by_loop.items():
             self._post(loop, results)
+        for observe in self.observers:  # after the vectors are on their way
+            observe(record)
 
     def _prepared(self, batch: list[Item], seconds: list[float]) -> list[Item]:
         """Payloads made ready for the graph (decoded images); an item that cannot be fails its
@@ -298,7 +300,7 @@ class Scheduler:
         return kept
 
     def _account(self, batch: list[Item], elapsed: float, lone: bool, began: float,
-                 prepared: tuple[float, ...]) -> None:
+                 prepared: tuple[float, ...]) -> CallRecord:
         lengths = tuple(item.length for item in batch)
         record = CallRecord(seconds=elapsed, items=len(batch), tokens=sum(lengths), lengths=lengths,
                             padded_tokens=max(lengths, default=0) * len(batch), lone=lone, prepare_seconds=prepared,
@@ -319,8 +321,7 @@ class Scheduler:
             if record.padded_tokens:
                 cost = elapsed / record.padded_tokens
                 self._cost = cost if self._cost is None else self._cost + _COST_WEIGHT * (cost - self._cost)
-        for observe in self.observers:
-            observe(record)
+        return record
 
     def _post(self, loop: asyncio.AbstractEventLoop, results: list[tuple[Item, np.ndarray]]) -> None:
         """Hand results to their loop. Only the first result since the loop last drained its

@@ -1,10 +1,12 @@
 """Operations routes: liveness, readiness, Prometheus metrics, and request accounting."""
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import logs
@@ -47,30 +49,50 @@ async def metrics_text(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-cache"})
 
 
+CLIENT_CLOSED = 499  # nginx's status for a request whose caller left before the answer
+
+
 @web.middleware
 async def telemetry_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: the request id (the caller's X-Request-ID or a new one) and W3C trace id on every
-    log line of the request and echoed in X-Request-ID; then the metrics and one access line for
-    every answer, errors included."""
+    log line of the request and echoed in X-Request-ID. The metrics and the access line are
+    written by `AccessRecorder` once the answer is sent, off the answer's path; a request whose
+    caller left (its handler cancelled, so aiohttp writes no answer) is recorded here, as 499."""
     info = request[INFO] = RequestInfo(started=time.perf_counter(), client=request.remote,
                                        request_id=logs.request_id_from(request.headers.get("X-Request-ID")))
     logs.bind(info.request_id, logs.trace_id_from(request.headers.get("traceparent")))
-    status = 500
     try:
         response = await handler(request)
-        status = response.status
-        response.headers["X-Request-ID"] = info.request_id
-        return response
     except web.HTTPException as exc:
-        status = exc.status
         exc.headers["X-Request-ID"] = info.request_id
         raise
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        request.app[METRICS].observe("rest", route, str(status), time.perf_counter() - info.started)
-        info.line(f"{request.method} {route} {status}", transport="rest", method=request.method, route=route,
-                  status=status)
+    except asyncio.CancelledError:
+        record(request, CLIENT_CLOSED)
+        raise
+    response.headers["X-Request-ID"] = info.request_id
+    return response
+
+
+def record(request: web.BaseRequest, status: int) -> None:
+    """The request's metrics and access line. A request aiohttp refused before the app saw it
+    (malformed HTTP) has no INFO: `rest.http` logs those itself."""
+    info = request.get(INFO)
+    if info is None or not isinstance(request, web.Request):
+        return
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[METRICS].observe("rest", route, str(status), time.perf_counter() - info.started)
+    info.line(f"{request.method} {route} {status}", transport="rest", method=request.method, route=route,
+              status=status)
+
+
+class AccessRecorder(AbstractAccessLogger):
+    """aiohttp's access-logger hook (`access_log_class`): called once the answer is written, so
+    neither the metrics nor the log line delay it. Always enabled: the metrics need it even when
+    the access line is off (`--access-log false` silences only the logger)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        record(request, response.status)
 
 
 def answered(request: web.Request, result: EmbedResult, response: web.Response) -> web.Response:
