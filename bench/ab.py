@@ -11,8 +11,9 @@ trip of each short query alone (p50/p99).
 
 Presets (what `make bench` runs):
   observability  metrics and access log on (the defaults) vs both off (issue 12: the hot-path cost
-                 of histograms and log lines should be within noise); also the cost of one histogram
-                 observation and one access line, measured in-process (microseconds)
+                 of histograms and log lines should be within noise), with a second identical server
+                 as the control that shows the noise; also the in-process cost of the metrics and of
+                 one access line (microseconds)
   backends       the served ONNX Runtime default vs the served OpenVINO ov-int8 export (issue 14)
 
     python -m bench.ab --preset observability --repeats 5
@@ -40,7 +41,10 @@ from .stats import summarize
 
 BENCH_MODELS = REPO_ROOT / "bench" / "out" / "models"
 PRESETS: dict[str, list[str]] = {
-    "observability": ["metrics and access log on=", "metrics and access log off=--metrics false --access-log false"],
+    # The second server with the same defaults is the control: how far two identical servers
+    # differ on this machine, against which "off" is judged.
+    "observability": ["metrics and access log on=", "the same, a second server (control)=",
+                      "metrics and access log off=--metrics false --access-log false"],
     "backends": ["ONNX Runtime smooth-int8 (default)=",
                  f"OpenVINO ov-int8=--backend openvino@{BENCH_MODELS / 'all-minilm-l6-v2-ov-int8'}"],
 }

@@ -206,19 +206,10 @@ class _Writer(threading.Thread):
                 self._dropped += 1
 
     def run(self) -> None:
-        while True:
-            item = self.queue.get()
-            while item is not None:
-                self.handler.handle(item if isinstance(item, logging.LogRecord) else _access_record(*item))
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-            if item is None:
-                return
-            # Lines gather meanwhile: under load one wake-up writes many, and queueing a line
-            # wakes nobody (no thread waits on the queue).
-            time.sleep(_GATHER_SECONDS)
+        # Woken by each line, so it writes while the answer travels, before the next request's
+        # session call: a writer waking later on a timer would take a core from that call.
+        while (item := self.queue.get()) is not None:
+            self.handler.handle(item if isinstance(item, logging.LogRecord) else _access_record(*item))
 
     def finish(self, timeout: float) -> bool:
         """Write out what is queued; False when the output stayed blocked for `timeout` seconds."""
@@ -232,7 +223,6 @@ class _Writer(threading.Thread):
 
 _TRACEBACKS = logging.Formatter()
 _QUEUED_LINES = 4096
-_GATHER_SECONDS = 0.02
 _writer: _Writer | None = None
 _blocked = False  # the last writer stopped could not write out its lines
 
