@@ -1,17 +1,18 @@
 """Logging: text or JSON lines, every line of a request carrying its request id and W3C trace id,
 one access line per request (REST and gRPC), nothing secret ever written, and a line repeated in a
 flood counted instead of written each time (a client hammering a bad request must not fill the
-disk)."""
+disk). Lines are formatted and written by a thread of their own from a bounded queue: a slow or
+stalled log reader costs lines (counted), never the service."""
 from __future__ import annotations
 
 import contextvars
 import logging
 import logging.handlers
 import queue
+import random
 import re
 import threading
 import time
-import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
