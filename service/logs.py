@@ -13,6 +13,7 @@ import random
 import re
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -210,7 +211,10 @@ class _Writer(threading.Thread):
         # Woken by each line, so it writes while the answer travels, before the next request's
         # session call: a writer waking later on a timer would take a core from that call.
         while (item := self.queue.get()) is not None:
-            self.handler.handle(item if isinstance(item, logging.LogRecord) else _access_record(*item))
+            try:
+                self.handler.handle(item if isinstance(item, logging.LogRecord) else _access_record(*item))
+            except Exception:  # noqa: BLE001 - one bad line must not end logging for good
+                traceback.print_exc()
 
     def finish(self, timeout: float) -> bool:
         """Write out what is queued; False when the output stayed blocked for `timeout` seconds."""

@@ -3,6 +3,7 @@ timing headers (and gRPC trailing metadata), JSON logs, metrics that move, the C
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import subprocess
@@ -15,6 +16,7 @@ import grpc
 import httpx
 import pytest
 
+from service import logs
 from service.grpc.gen import embeddings_pb2 as pb
 from service.grpc.gen import embeddings_pb2_grpc as pb_grpc
 from tests.conftest import TINY
@@ -156,3 +158,18 @@ def _drain(fd: int, quiet: float = 1.0) -> str:
             break
         chunks.append(chunk)
     return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_line_the_writer_cannot_make_does_not_end_logging(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stop = logs.configure("INFO", "json")
+    try:
+        logs.access("GET /x 200", {})  # no fields: the writer cannot make its text
+        logging.getLogger("ortembed").info("still logging")
+    finally:
+        assert stop()
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert "KeyError" in err and '"message":"still logging"' in err, err
