@@ -137,12 +137,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def access(head: str, fields: dict[str, Any]) -> None:
-    """One access line (the fields become JSON keys). With the writer running, the caller only
-    queues the data: the record and its text are made in the writer's thread."""
+    """One access line (the fields become JSON keys; the caller checked the logger is on). With
+    the writer running, the caller only queues the data: the record and its text are made in the
+    writer's thread."""
     writer = _writer
     if writer is not None:
         writer.offer((head, fields, REQUEST_ID.get(), TRACE_ID.get(), time.time()))
-    elif access_log.isEnabledFor(logging.INFO):
+    else:
         access_log.info(_access_text(head, fields), extra=fields)
 
 

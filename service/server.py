@@ -21,9 +21,9 @@ from aiohttp import web
 from . import logs
 from .config import Settings
 from .grpc.server import GrpcServer
+from .rest import ops
 from .rest.app import create_app
 from .rest.http import GuardedAppRunner, HttpGuard
-from .rest import ops
 from .rest.keys import LIFECYCLE
 from .startup import StartupError
 
